@@ -1,0 +1,52 @@
+"""mha: multi-head attention in NumPy, torch-exact forward and backward.
+
+The one implementation that every chapter of the book imports:
+
+- :func:`softmax`, :func:`scaled_dot_product_attention` (``mha.functional``)
+- :class:`MultiHeadAttention`, ``nn.MultiheadAttention``'s eval-mode semantics (``mha.attention``)
+- the torch bridge: :func:`load_weights_from_pytorch`, :func:`compare_outputs`,
+  :func:`create_matching_mha`, :func:`analyze_weight_differences`,
+  :func:`to_pytorch`, :func:`torch_state_dict` (``mha.torch_bridge``; torch is imported lazily)
+- :class:`SequentialMHA`, one module per head, and its conversions (``mha.sequential``, ``mha.convert``)
+- ``mha.plot`` for the book's figures (imported on first use, so matplotlib is not needed to compute)
+"""
+
+from .attention import MultiHeadAttention
+from .convert import fused_to_sequential, sequential_to_fused
+from .functional import scaled_dot_product_attention, softmax
+from .sequential import SequentialMHA
+from .torch_bridge import (
+    analyze_weight_differences,
+    compare_outputs,
+    create_matching_mha,
+    load_weights_from_pytorch,
+    to_pytorch,
+    torch_state_dict,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "softmax",
+    "scaled_dot_product_attention",
+    "MultiHeadAttention",
+    "SequentialMHA",
+    "sequential_to_fused",
+    "fused_to_sequential",
+    "load_weights_from_pytorch",
+    "compare_outputs",
+    "create_matching_mha",
+    "analyze_weight_differences",
+    "to_pytorch",
+    "torch_state_dict",
+    "plot",
+]
+
+
+def __getattr__(name):
+    # `mha.plot` without importing matplotlib for users who never plot
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module(".plot", __name__)
+    raise AttributeError(f"module 'mha' has no attribute {name!r}")
