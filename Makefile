@@ -23,7 +23,7 @@ install: $(STAMP)
 # The book is built strictly: a warning (or a failing cell, which Jupyter Book reports
 # as a warning) fails the build.
 book: $(STAMP)
-	rm -rf _build/html _build/jupyter_execute
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 lint: $(STAMP)

@@ -1,0 +1,261 @@
+"""Figures used in the book: attention-weight maps and numerical-error plots.
+
+Every function returns the matplotlib objects it drew on and never calls
+``plt.show()``; showing or saving is left to the caller (or to Jupyter).
+Inputs may be NumPy arrays or anything ``np.asarray`` accepts, such as a torch
+tensor that has been detached and moved to the CPU. No global matplotlib
+state (``rcParams``, styles) is changed.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.ticker import MaxNLocator
+
+_AUTO_ANNOTATE_MAX_CELLS = 100
+_DIFF_LABEL = "|actual \u2212 expected|"
+
+
+def _to_float64(x, name: str) -> np.ndarray:
+    """Convert ``x`` to a float64 array, raising TypeError naming ``name``."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # e.g. a torch tensor that still requires grad
+        raise TypeError(
+            f"{name} must be array-like (detach torch tensors and move them to the "
+            f"CPU first), got {type(x).__name__}: {exc}"
+        ) from exc
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _tick_labels(labels, n: int, name: str, axis: str) -> list[str]:
+    """Validate one list of tick labels against the axis length ``n``."""
+    if isinstance(labels, str):
+        raise TypeError(f"{name} must be a sequence of labels, got a single str")
+    labels = [str(label) for label in labels]
+    if len(labels) != n:
+        raise ValueError(
+            f"{name} must have one label per {axis} position ({n}), got {len(labels)}"
+        )
+    return labels
+
+
+def _draw_one_map(ax, w, qlabels, klabels, *, cmap, norm, annotate, title):
+    """Draw one (L, S) map into ``ax`` and return the AxesImage."""
+    image = ax.imshow(w, cmap=cmap, norm=norm, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xlabel("key" if klabels is not None else "key position")
+    ax.set_ylabel("query" if qlabels is not None else "query position")
+    if klabels is not None:
+        ax.set_xticks(range(w.shape[1]), labels=klabels, rotation=45, ha="right")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if qlabels is not None:
+        ax.set_yticks(range(w.shape[0]), labels=qlabels)
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if annotate:
+        for (i, j), value in np.ndenumerate(w):
+            if np.isnan(value):
+                continue
+            # Light text on the dark end of the colour map, dark text elsewhere.
+            colour = "white" if norm(value) < 0.5 else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center",
+                    color=colour, fontsize=8)
+    return image
+
+
+def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
+                  title="Attention weights", cmap="viridis", annotate=None,
+                  vmin=0.0, vmax=None):
+    """Draw attention weights as an image with a colour bar.
+
+    ``weights`` has shape (L, S): row ``i`` holds the weights query ``i`` puts
+    on each of the S keys. A 3-D array of shape (H, L, S) draws one small map
+    per head in a row ("head 0", "head 1", ...) sharing one colour bar, and
+    ``title`` becomes the figure title.
+
+    ``query_labels`` / ``key_labels`` (length L / S) become the tick labels.
+    ``annotate=None`` writes each value (2 decimals) when L * S <= 100.
+    ``vmax=None`` uses the largest finite weight. NaN cells are drawn blank.
+    If ``ax`` is given it is used (for 3-D input: a sequence of H Axes).
+
+    Returns ``(fig, ax)`` for 2-D input and ``(fig, axes)`` for 3-D input,
+    where ``axes`` is a NumPy array of H Axes.
+    """
+    w = _to_float64(weights, "weights")
+    if w.ndim not in (2, 3):
+        raise ValueError(
+            f"weights must be 2-D (L, S) or 3-D (H, L, S), got shape {w.shape}")
+    if w.size == 0:
+        raise ValueError(f"weights must not be empty, got shape {w.shape}")
+    if annotate is not None and not isinstance(annotate, bool):
+        raise TypeError(f"annotate must be None, True or False, got {annotate!r}")
+    L, S = w.shape[-2:]
+    qlabels = None if query_labels is None else _tick_labels(
+        query_labels, L, "query_labels", "query")
+    klabels = None if key_labels is None else _tick_labels(
+        key_labels, S, "key_labels", "key")
+    if annotate is None:
+        annotate = L * S <= _AUTO_ANNOTATE_MAX_CELLS
+    if vmax is None:
+        finite = w[np.isfinite(w)]
+        vmax = float(finite.max()) if finite.size else 1.0
+        vmax = max(vmax, vmin + 1e-12)  # keep the range non-empty
+    if not vmax > vmin:
+        raise ValueError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
+    norm = Normalize(vmin=vmin, vmax=vmax)
+
+    if w.ndim == 2:
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(min(3 + 0.45 * S, 12), min(2.5 + 0.4 * L, 10)),
+                                   layout="constrained")
+        else:
+            fig = ax.figure
+        image = _draw_one_map(ax, w, qlabels, klabels, cmap=cmap, norm=norm,
+                              annotate=annotate, title=title)
+        fig.colorbar(image, ax=ax, label="weight")
+        return fig, ax
+
+    H = w.shape[0]
+    if ax is None:
+        side = min(1.5 + 0.3 * max(L, S), 4.5)
+        fig, axes = plt.subplots(1, H, figsize=(side * H + 1.5, side + 1), squeeze=False,
+                                 layout="constrained")
+        axes = axes[0]
+    else:
+        axes = np.asarray(ax, dtype=object).ravel()
+        if axes.size != H:
+            raise ValueError(
+                f"ax must hold one Axes per head ({H}) for 3-D weights, got {axes.size}")
+        fig = axes[0].figure
+    for h, head_ax in enumerate(axes):
+        image = _draw_one_map(head_ax, w[h], qlabels, klabels, cmap=cmap, norm=norm,
+                              annotate=annotate, title=f"head {h}")
+        if h > 0:  # the rows are the same queries: label them only once
+            head_ax.set_ylabel("")
+            head_ax.tick_params(labelleft=False)
+    fig.suptitle(title)
+    fig.colorbar(image, ax=list(axes), label="weight")
+    return fig, axes
+
+
+def _abs_diff(actual, expected) -> np.ndarray:
+    """|actual - expected| in float64; both inputs must share one shape."""
+    a = _to_float64(actual, "actual")
+    e = _to_float64(expected, "expected")
+    if a.shape != e.shape:
+        raise ValueError(
+            f"actual and expected must have the same shape, got actual {a.shape} "
+            f"and expected {e.shape}")
+    if a.size == 0:
+        raise ValueError(f"actual and expected must not be empty, got shape {a.shape}")
+    return np.abs(a - e)
+
+
+def _input_eps(actual, expected) -> float:
+    """Machine epsilon of the inputs' floating dtype (float64 for integers)."""
+    dtype = np.result_type(np.asarray(actual), np.asarray(expected))
+    return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+
+
+def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
+                  ylabel="token", log=True, cmap="magma", tol=None):
+    """Draw ``|actual - expected|`` element-wise, computed in float64.
+
+    Both inputs have the same shape. 1-D input of shape (N,) is drawn as one
+    row; 2-D input (rows, cols) as is; input with more axes (..., rows, cols)
+    is reduced to (rows, cols) by taking the maximum over the leading axes.
+
+    With ``log=True`` the colours use a log scale; exact zeros are drawn at
+    the smallest positive difference (or at the inputs' machine epsilon when
+    everything matches exactly). ``tol`` is marked on the colour bar, whose
+    range is widened if needed so the marker is visible. The title reports
+    the maximum difference.
+
+    Returns ``(fig, ax)``.
+    """
+    diff = _abs_diff(actual, expected)
+    max_diff = float(np.max(diff))  # NaN if any entry is NaN, which is worth seeing
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)):
+            raise TypeError(f"tol must be a number, got {type(tol).__name__}")
+        if not (np.isfinite(tol) and tol > 0):
+            raise ValueError(f"tol must be a positive finite number, got {tol}")
+    reduced = diff.ndim > 2
+    if diff.ndim == 1:
+        diff = diff[np.newaxis, :]
+    elif reduced:
+        diff = diff.reshape(-1, *diff.shape[-2:]).max(axis=0)
+
+    finite = diff[np.isfinite(diff)]
+    if log:
+        positive = finite[finite > 0]
+        floor = float(positive.min()) if positive.size else _input_eps(actual, expected)
+        shown = np.where(diff == 0, floor, diff)
+        low, high = floor, float(positive.max()) if positive.size else floor
+        if tol is not None:  # keep the tolerance marker inside the colour bar
+            low, high = min(low, tol / 2), max(high, tol * 2)
+        if high <= low:
+            high = low * 10
+        norm = LogNorm(vmin=low, vmax=high)
+    else:
+        shown = diff
+        high = float(finite.max()) if finite.size else 0.0
+        if tol is not None:
+            high = max(high, tol * 1.05)
+        norm = Normalize(vmin=0.0, vmax=high if high > 0 else 1.0)
+
+    rows, cols = shown.shape
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(min(max(4 + 0.3 * cols, 5), 12),
+                                        min(max(2 + 0.3 * rows, 3), 8)),
+                               layout="constrained")
+    else:
+        fig = ax.figure
+    image = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    cbar = fig.colorbar(image, ax=ax, label=_DIFF_LABEL)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+    summary = f"max |diff| = {max_diff:.2e}"
+    if tol is not None:
+        cbar.ax.axhline(tol, color="cyan", linewidth=2)
+        summary += f", tol = {tol:.0e}"
+    if reduced:
+        summary += " (max over leading axes)"
+    ax.set_title(summary if title is None else f"{title}\n{summary}")
+    return fig, ax
+
+
+def error_histogram(actual, expected, *, ax=None, bins=50, title=None):
+    """Histogram of ``log10 |actual - expected|`` over all elements.
+
+    Inputs have the same (any) shape. Exact zeros have no logarithm; they are
+    counted in the title instead, as are non-finite differences.
+
+    Returns ``(fig, ax)``.
+    """
+    diff = _abs_diff(actual, expected).ravel()
+    finite = diff[np.isfinite(diff)]
+    positive = finite[finite > 0]
+    n_zero = int(np.count_nonzero(finite == 0))
+    n_bad = diff.size - finite.size
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    else:
+        fig = ax.figure
+    ax.hist(np.log10(positive), bins=bins)
+    ax.set_xlabel("log10 " + _DIFF_LABEL)
+    ax.set_ylabel("count")
+
+    summary = f"{positive.size} nonzero, {n_zero} exactly zero"
+    if n_bad:
+        summary += f", {n_bad} non-finite"
+    ax.set_title(summary if title is None else f"{title}\n{summary}")
+    return fig, ax
