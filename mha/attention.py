@@ -133,7 +133,8 @@ class MultiHeadAttention:
         k_in = q_in if key is query else as_float_array(key, "key", self.dtype)
         v_in = k_in if value is key else as_float_array(value, "value", self.dtype)
         if q_in.ndim not in (2, 3):
-            raise ValueError(f"query must be 3-D {'(N, L, E)' if self.batch_first else '(L, N, E)'} or 2-D (L, E) unbatched, got shape {q_in.shape}")
+            layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
+            raise ValueError(f"query must be 3-D {layout} or 2-D (L, E) unbatched, got shape {q_in.shape}")
         for name, arr in (("key", k_in), ("value", v_in)):
             if arr.ndim != q_in.ndim:
                 raise ValueError(f"{name} must be {q_in.ndim}-D like query {q_in.shape}, got shape {arr.shape}")
@@ -147,7 +148,9 @@ class MultiHeadAttention:
                 return x[None]                            # (L, E) -> (1, L, E)
             return x if self.batch_first else x.transpose(1, 0, 2)   # (L, N, E) -> (N, L, E)
 
-        q3, k3, v3 = to_nle(q_in), to_nle(k_in), to_nle(v_in)
+        fused = k_in is q_in and v_in is q_in              # one input: one (E, 3E) projection
+        q3 = to_nle(q_in)
+        k3, v3 = (q3, q3) if fused else (to_nle(k_in), to_nle(v_in))
         N, L, S = q3.shape[0], q3.shape[1], k3.shape[1]
         if k3.shape[0] != N or v3.shape[0] != N:
             raise ValueError(f"query, key and value must have the same batch size, got query {q_in.shape}, "
@@ -163,7 +166,6 @@ class MultiHeadAttention:
         mask = merge_masks(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
                            batched=batched, N=N, H=H, L=L, S=S, extra_keys=extra_keys, dtype=self.dtype)
 
-        fused = k3 is q3 and v3 is q3                     # one input: one (E, 3E) projection
         x_q = q3.reshape(N * L, E)                        # (N, L, E) -> (N*L, E)
         if fused:
             qkv = _linear(x_q, np.concatenate([W_Q, W_K, W_V], axis=1), _cat_bias(b_Q, b_K, b_V))
@@ -238,7 +240,8 @@ class MultiHeadAttention:
             return d if self.batch_first else d.transpose(1, 0, 2)   # (N, T, in) -> (T, N, in)
 
         if c["fused"]:
-            d_qkv = np.stack([dq, dk, dv], axis=0).transpose(1, 3, 0, 2, 4).reshape(N * L, 3 * E)  # (3, N, H, L, hd) -> (N, L, 3, H, hd) -> (N*L, 3E)
+            d_qkv = np.stack([dq, dk, dv], axis=0)       # (3, N, H, L, hd)
+            d_qkv = d_qkv.transpose(1, 3, 0, 2, 4).reshape(N * L, 3 * E)   # -> (N, L, 3, H, hd) -> (N*L, 3E)
             d_w = c["x_q"].T @ d_qkv                      # (E, 3E): one matmul for the three weights
             d_b = d_qkv.sum(axis=0)
             for i, tag in enumerate("QKV"):
