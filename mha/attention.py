@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ._checks import as_float_array, float_dtype, positive_int
-from .functional import attention_backward, attention_forward
+from .functional import attention_backward, attention_forward, sum_rows
 from .masks import merge_masks
 
 __all__ = ["MultiHeadAttention"]
@@ -224,13 +224,13 @@ class MultiHeadAttention:
         d_out2 = dout.reshape(N * L, E)                   # (N, L, E) -> (N*L, E)
         grads = {"W_O": c["concat"].T @ d_out2}
         if c["has_bias"]["b_O"]:
-            grads["b_O"] = d_out2.sum(axis=0)
+            grads["b_O"] = sum_rows(d_out2)
         d_heads = (d_out2 @ W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)  # (N*L, E) -> (N, H, L, hd)
         dq, dk, dv = attention_backward(d_heads, c["attn"])   # (N, H, L, hd), (N, H, S', hd) x 2
         dk, dv = dk[:, :, :S + c["bias_kv"]], dv[:, :, :S + c["bias_kv"]]   # the zero key has no parameter
         if c["bias_kv"]:
-            grads["bias_k"] = dk[:, :, S].sum(axis=0).reshape(E)   # (N, H, hd) -> (H, hd) -> (E,)
-            grads["bias_v"] = dv[:, :, S].sum(axis=0).reshape(E)
+            grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(E)   # (N, H, hd) -> (H, hd) -> (E,)
+            grads["bias_v"] = sum_rows(dv[:, :, S]).reshape(E)
             dk, dv = dk[:, :, :S], dv[:, :, :S]
 
         def to_input_layout(d, T):
@@ -243,7 +243,7 @@ class MultiHeadAttention:
             d_qkv = np.stack([dq, dk, dv], axis=0)       # (3, N, H, L, hd)
             d_qkv = d_qkv.transpose(1, 3, 0, 2, 4).reshape(N * L, 3 * E)   # -> (N, L, 3, H, hd) -> (N*L, 3E)
             d_w = c["x_q"].T @ d_qkv                      # (E, 3E): one matmul for the three weights
-            d_b = d_qkv.sum(axis=0)
+            d_b = sum_rows(d_qkv)
             for i, tag in enumerate("QKV"):
                 grads["W_" + tag] = d_w[:, i * E:(i + 1) * E]
                 if c["has_bias"]["b_" + tag]:
@@ -259,7 +259,7 @@ class MultiHeadAttention:
                 d2 = d.transpose(0, 2, 1, 3).reshape(N * T, E)   # (N, H, T, hd) -> (N, T, H, hd) -> (N*T, E)
                 grads["W_" + tag] = x.T @ d2
                 if c["has_bias"]["b_" + tag]:
-                    grads["b_" + tag] = d2.sum(axis=0)
+                    grads["b_" + tag] = sum_rows(d2)
                 d_rows[tag] = d2 @ W.T                    # (N*T, E) @ (E, in) -> (N*T, in)
             dx_q, dx_k, dx_v = d_rows["Q"], d_rows["K"], d_rows["V"]
         self._store_grads(grads)

@@ -60,6 +60,16 @@ def softmax_backward(dout: np.ndarray, probs: np.ndarray, axis: int = -1) -> np.
     return probs * (dout - weighted)
 
 
+def sum_rows(d: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 with a float64 accumulator.
+
+    NumPy adds the rows of a float32 array one after another (pairwise summation
+    only applies along the contiguous axis); over thousands of rows that loses
+    digits a bias gradient needs.
+    """
+    return d.sum(axis=0, dtype=np.float64).astype(d.dtype, copy=False)
+
+
 def causal_mask(L: int, S: int | None = None) -> np.ndarray:
     """Bool mask ``(L, S)``, True where query ``i`` may attend key ``j`` (``j <= i``).
 

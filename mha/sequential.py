@@ -11,7 +11,7 @@ gradient ``d<out>`` into ``d<in>`` in ``backward``. Gradients of parameters are 
 import numpy as np
 
 from ._checks import as_float_array, float_dtype, positive_int, shape_is
-from .functional import softmax, softmax_backward
+from .functional import softmax, softmax_backward, sum_rows
 
 _NOT_YET = "backward() called before forward(); run forward(x) first"
 
@@ -63,7 +63,7 @@ class Linear:
         dy2 = dy.reshape(-1, dy.shape[-1])  # (..., out) -> (N, out)
         self.w.grad = dy2.T @ x2  # (out, N) @ (N, in) -> (out, in), summed over N
         if self.b is not None:
-            self.b.grad = dy2.sum(axis=0)  # (out,)
+            self.b.grad = sum_rows(dy2)  # (out,)
         return dy @ np.asarray(self.w)  # (..., out) @ (out, in) -> (..., in)
 
 
