@@ -23,6 +23,24 @@ def positive_int(value, name: str) -> int:
     return int(value)
 
 
+def flag(value, name: str) -> bool:
+    """Return ``value`` as a bool after checking it is one (``"False"`` is truthy: refuse it)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def rng_from_seed(seed, name: str = "seed") -> np.random.Generator:
+    """``np.random.default_rng(seed)`` for None, a non-negative int or a Generator."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None, a non-negative int or a np.random.Generator, got {seed!r} ({type(seed).__name__})")
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {seed}")
+    return np.random.default_rng(int(seed))
+
+
 def float_dtype(dtype, name: str = "dtype") -> np.dtype:
     """Return ``dtype`` as a NumPy float32/float64 dtype."""
     try:

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ._checks import as_float_array, float_dtype, positive_int
+from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed
 from .functional import attention_backward, attention_forward, sum_rows
 from .masks import merge_masks
 
@@ -47,10 +47,11 @@ class MultiHeadAttention:
         self.head_dim = self.d_model // self.num_heads
         self.kdim = self.d_model if kdim is None else positive_int(kdim, "kdim")
         self.vdim = self.d_model if vdim is None else positive_int(vdim, "vdim")
-        self.add_zero_attn = bool(add_zero_attn)
-        self.batch_first = bool(batch_first)
+        bias, add_bias_kv = flag(bias, "bias"), flag(add_bias_kv, "add_bias_kv")
+        self.add_zero_attn = flag(add_zero_attn, "add_zero_attn")
+        self.batch_first = flag(batch_first, "batch_first")
         self.dtype = float_dtype(dtype)
-        E, rng = self.d_model, np.random.default_rng(seed)
+        E, rng = self.d_model, rng_from_seed(seed)
 
         def xavier_uniform(fan_out, fan_in):  # drawn in torch's (out, in) layout, returned as (in, out)
             bound = math.sqrt(6.0 / (fan_in + fan_out))
@@ -157,6 +158,8 @@ class MultiHeadAttention:
                              f"key {k_in.shape}, value {v_in.shape} (batch_first={self.batch_first})")
         if v3.shape[1] != S:
             raise ValueError(f"key and value must have the same sequence length, got key {k_in.shape} and value {v_in.shape}")
+        if L == 0 or S == 0:
+            raise ValueError(f"query and key must have at least one position, got query {q_in.shape} and key {k_in.shape}")
         W_Q, W_K, W_V, W_O = (self._param(n, s) for n, s in zip(WEIGHT_NAMES, ((E, E), (self.kdim, E), (self.vdim, E), (E, E))))
         b_Q, b_K, b_V, b_O = (self._param(n, (E,)) for n in BIAS_NAMES)
         bias_k, bias_v = self._param("bias_k", (E,)), self._param("bias_v", (E,))

@@ -48,7 +48,8 @@ def fused_to_sequential(m) -> SequentialMHA:
     if m.kdim != m.d_model or m.vdim != m.d_model:
         raise ValueError(f"fused_to_sequential needs kdim == vdim == d_model, got kdim={m.kdim}, vdim={m.vdim}, d_model={m.d_model}")
     if m.bias_k is not None or m.add_zero_attn:
-        raise ValueError("fused_to_sequential cannot express add_bias_kv or add_zero_attn: a per-head model has no extra keys")
+        raise ValueError(f"fused_to_sequential needs no extra keys, got add_bias_kv={m.bias_k is not None}, "
+                         f"add_zero_attn={m.add_zero_attn}: a per-head model cannot express them")
     has_bias = any(getattr(m, n) is not None for n in ("b_Q", "b_K", "b_V", "b_O"))
     seq = SequentialMHA(m.d_model, m.num_heads, bias=has_bias, seed=0, dtype=m.dtype)
     hd = m.head_dim

@@ -31,6 +31,10 @@ def softmax(x, axis: int = -1) -> np.ndarray:
     rather than NaN: torch's ``softmax`` returns NaN there.
     """
     x = as_float_array(x, "x")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {axis!r} ({type(axis).__name__})")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis must be in [-{x.ndim}, {x.ndim}) for x of shape {x.shape}, got {axis}")
     out = np.array(x, copy=True)
     return _softmax_inplace(out, axis)
 
@@ -148,8 +152,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: b
         raise ValueError(f"query and key must have the same last dimension E, got query {query.shape} and key {key.shape}")
     if key.shape[-2] != value.shape[-2]:
         raise ValueError(f"key and value must have the same sequence length S, got key {key.shape} and value {value.shape}")
+    if 0 in (query.shape[-2], key.shape[-2]):
+        raise ValueError(f"query and key must have at least one position, got query {query.shape} and key {key.shape}")
     if enable_gqa:
         key, value = _repeat_kv_heads(query, key, value)
+    try:
+        np.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except ValueError:
+        raise ValueError(f"the batch axes (all but the last two) of query {query.shape}, key {key.shape} and "
+                         f"value {value.shape} must broadcast together") from None
     L, S = query.shape[-2], key.shape[-2]
     attn_mask = mask_array(attn_mask, "attn_mask")
     if is_causal and attn_mask is not None:

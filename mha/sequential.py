@@ -10,7 +10,7 @@ gradient ``d<out>`` into ``d<in>`` in ``backward``. Gradients of parameters are 
 
 import numpy as np
 
-from ._checks import as_float_array, float_dtype, positive_int, shape_is
+from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed, shape_is
 from .functional import softmax, softmax_backward, sum_rows
 
 _NOT_YET = "backward() called before forward(); run forward(x) first"
@@ -127,13 +127,8 @@ class SequentialMHA:
         H = self.n_heads = positive_int(n_heads, "n_heads")
         if C % H:
             raise ValueError(f"in_channels ({C}) must be divisible by n_heads ({H})")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__} ({bias!r})")
-        try:
-            rng = np.random.default_rng(seed)
-        except (TypeError, ValueError):
-            raise TypeError(f"seed must be None or a non-negative int, got {seed!r}") from None
-        self.head_dim, self.bias, self.dtype = C // H, bool(bias), float_dtype(dtype)
+        rng = rng_from_seed(seed)
+        self.head_dim, self.bias, self.dtype = C // H, flag(bias, "bias"), float_dtype(dtype)
         hd = self.head_dim
         self.heads = [Head(C, hd, self.bias, rng=None, dtype=self.dtype) for _ in range(H)]
         self.out_proj = Linear(C, C, self.bias, rng=None, dtype=self.dtype)

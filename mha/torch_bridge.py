@@ -110,8 +110,13 @@ def compare_outputs(numpy_mha, pytorch_mha, x, atol: float = 1e-5, *, key=None, 
     """
     _check_pair(numpy_mha, pytorch_mha)
     torch = _torch()
-    if forward_kwargs.get("need_weights"):
-        raise ValueError("compare_outputs compares outputs only: leave need_weights out")
+    if isinstance(atol, bool) or not isinstance(atol, (int, float, np.floating)):
+        raise TypeError(f"atol must be a non-negative number, got {atol!r} ({type(atol).__name__})")
+    if not atol >= 0:
+        raise ValueError(f"atol must be a non-negative number, got {atol}")
+    if "need_weights" in forward_kwargs:
+        raise ValueError("compare_outputs compares outputs only: leave need_weights out "
+                         f"(got need_weights={forward_kwargs['need_weights']!r})")
     if pytorch_mha.training and pytorch_mha.dropout > 0:
         raise ValueError(f"pytorch_mha is in training mode with dropout={pytorch_mha.dropout}: "
                          "dropout cannot be matched element for element; call pytorch_mha.eval() first")
