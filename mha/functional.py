@@ -171,11 +171,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: b
     if is_causal:
         attn_mask = causal_mask(L, S)
     if attn_mask is not None:
+        scores_shape = np.broadcast_shapes(query.shape[:-2], key.shape[:-2]) + (L, S)
         try:
-            np.broadcast_shapes(attn_mask.shape, query.shape[:-2] + (L, S))
+            fits = np.broadcast_shapes(attn_mask.shape, scores_shape) == scores_shape
         except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(f"attn_mask of shape {attn_mask.shape} does not broadcast to the scores' shape "
-                             f"{query.shape[:-2] + (L, S)} (..., L, S)") from None
+                             f"{scores_shape} (..., L, S)")
         if attn_mask.dtype == np.bool_:
             bias = np.where(attn_mask, query.dtype.type(0), query.dtype.type(-np.inf))
         else:

@@ -705,3 +705,9 @@ def test_every_public_function_is_exercised():
                "load_weights_from_pytorch", "compare_outputs", "create_matching_mha", "analyze_weight_differences",
                "to_pytorch", "torch_state_dict", "scaled_dot_product_attention", "softmax", "plot"}
     assert set(mha.__all__) <= covered, sorted(set(mha.__all__) - covered)
+
+
+def test_sdpa_mask_that_would_grow_the_scores_is_refused():
+    q, k, v = np.ones((3, 5)), np.ones((6, 5)), np.ones((6, 3))
+    with pytest.raises(ValueError, match=r"attn_mask of shape \(2, 3, 6\) does not broadcast to the scores' shape \(3, 6\)"):
+        mha.scaled_dot_product_attention(q, k, v, attn_mask=np.ones((2, 3, 6), bool))

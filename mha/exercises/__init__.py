@@ -1,0 +1,17 @@
+"""Check cells for the book's exercises, one module per chapter.
+
+An exercise cell defines a function whose body starts as
+``raise NotImplementedError``; the check cell below it calls
+``check_<name>(your_function)``, which prints one of
+
+- ``Not attempted yet ...`` while the body is untouched (so every notebook
+  still runs top to bottom),
+- ``Correct ...`` when the function agrees with the reference on every test case,
+- ``Not quite ...`` with the first case that differs, and what differs.
+
+and returns True, False or None accordingly (end the cell with ``;`` to hide it).
+"""
+
+from ._core import check_function
+
+__all__ = ["check_function"]

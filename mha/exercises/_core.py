@@ -1,0 +1,66 @@
+"""The one checking routine behind every exercise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def check_function(answer: Callable, reference: Callable, cases: Sequence[tuple], *, name: str,
+                   atol: float = 1e-6, hint: str = "") -> bool | None:
+    """Call ``answer(*case)`` and ``reference(*case)`` for every case and compare.
+
+    Prints a verdict and returns True (all cases agree within ``atol``),
+    False (a case differs or raises), or None (``answer`` still raises
+    ``NotImplementedError``). ``hint`` is printed with a wrong answer.
+    """
+    if not callable(answer):
+        print(f"Not quite: {name} must be a function, got {type(answer).__name__}.")
+        return False
+    for i, case in enumerate(cases):
+        try:
+            got = answer(*case)
+        except NotImplementedError:
+            print(f"Not attempted yet: replace `raise NotImplementedError` in {name} with your code, then run this cell again.")
+            return None
+        except Exception as exc:  # the reader's code may fail in any way: report it, do not crash the notebook
+            print(f"Not quite: {name} raised {type(exc).__name__}: {exc} (test case {i + 1}).")
+            return False
+        expected = reference(*case)
+        problem = _difference(got, expected, atol)
+        if problem:
+            print(f"Not quite: test case {i + 1} of {len(cases)}: {problem}." + (f" Hint: {hint}" if hint else ""))
+            return False
+    print(f"Correct: {name} agrees with the reference on all {len(cases)} test cases.")
+    return True
+
+
+def _difference(got, expected, atol: float) -> str:
+    """Empty string when ``got`` matches ``expected``, else what differs."""
+    if isinstance(expected, tuple):
+        if not isinstance(got, tuple) or len(got) != len(expected):
+            return f"expected a tuple of {len(expected)} arrays, got {type(got).__name__}"
+        for j, (g, e) in enumerate(zip(got, expected)):
+            problem = _difference(g, e, atol)
+            if problem:
+                return f"item {j}: {problem}"
+        return ""
+    if got is None:
+        return "the function returned None (is a `return` missing?)"
+    got, expected = np.asarray(got), np.asarray(expected)
+    if got.shape != expected.shape:
+        return f"shape {got.shape}, expected {expected.shape}"
+    if expected.dtype == np.bool_:
+        if got.dtype != np.bool_:
+            return f"dtype {got.dtype}, expected a bool array"
+        wrong = int(np.sum(got != expected))
+        return f"{wrong} entries differ" if wrong else ""
+    if not np.issubdtype(got.dtype, np.number):
+        return f"dtype {got.dtype}, expected numbers"
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    if np.isnan(diff).any() and not np.array_equal(np.isnan(got), np.isnan(expected)):
+        return "NaN where the reference has a number (or the reverse)"
+    worst = float(np.nanmax(diff)) if diff.size else 0.0
+    return f"max |difference| = {worst:.2e} (allowed {atol:.0e})" if worst > atol else ""
