@@ -9,6 +9,8 @@ The one implementation that every chapter of the book imports:
   :func:`to_pytorch`, :func:`torch_state_dict` (``mha.torch_bridge``; torch is imported lazily)
 - :class:`SequentialMHA`, one module per head, and its conversions (``mha.sequential``, ``mha.convert``)
 - ``mha.plot`` for the book's figures (imported on first use, so matplotlib is not needed to compute)
+- :func:`report_match`, :func:`max_abs_diff`: printed verdicts that are the same on every machine
+- ``mha.exercises``: the check cells of the book's exercises
 """
 
 from .attention import MultiHeadAttention
@@ -23,6 +25,7 @@ from .torch_bridge import (
     to_pytorch,
     torch_state_dict,
 )
+from .verify import max_abs_diff, report_match
 
 __version__ = "0.1.0"
 
@@ -39,14 +42,17 @@ __all__ = [
     "analyze_weight_differences",
     "to_pytorch",
     "torch_state_dict",
+    "max_abs_diff",
+    "report_match",
     "plot",
+    "exercises",
 ]
 
 
 def __getattr__(name):
     # `mha.plot` without importing matplotlib for users who never plot
-    if name == "plot":
+    if name in ("plot", "exercises"):
         import importlib
 
-        return importlib.import_module(".plot", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'mha' has no attribute {name!r}")
