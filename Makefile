@@ -30,14 +30,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --ignore=tests/browser
 
 nbval: $(STAMP)
 	@if ls chapters/*.ipynb >/dev/null 2>&1; then $(BIN)/python -m pytest --nbval chapters -q -p no:cacheprovider; \
 	else echo "nbval: no notebooks in chapters/ yet"; fi
 
+# Needs the built book (make book) and Debian's chromium (.ci/run installs it in CI).
 browser: $(STAMP)
-	@if [ -d tests/browser ]; then $(BIN)/python -m pytest tests/browser -q; fi
+	$(BIN)/python -m pytest tests/browser -q -rs
 
 test: lint unit nbval book browser
 

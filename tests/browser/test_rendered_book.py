@@ -1,0 +1,118 @@
+"""The rendered book in a real browser: Debian's Chromium driven by Playwright.
+
+Serves ``_build/html`` on 127.0.0.1 and opens every page. For each page:
+the title, every image loaded, the sidebar lists every chapter, no console
+error that points at a broken page, the Colab button's target; a screenshot
+goes to ``_build/screenshots/``.
+
+Run after ``make book``. Without Chromium this test is skipped outside CI
+(install it with ``apt-get install chromium``) and fails in CI.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import pathlib
+import re
+import shutil
+import threading
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+PAGES = [TOC["root"]] + [entry["file"] for entry in TOC.get("chapters", [])]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# The only console errors tolerated: resources outside 127.0.0.1 that this
+# machine's closed network blocks (none are needed to read the book).
+TOLERATED = re.compile(r"net::ERR_(NAME_NOT_RESOLVED|INTERNET_DISCONNECTED|CONNECTION_REFUSED|ADDRESS_UNREACHABLE|BLOCKED_BY_CLIENT)")
+
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        pytest.fail("Chromium is missing in CI: .ci/run must install it (apt-get install chromium)", pytrace=False)
+    pytest.skip("Chromium not found: install it with `apt-get install chromium` to run the browser test",
+                allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    assert (HTML / "index.html").exists(), "build the book first: make book"
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+def _titles():
+    """Each page's first heading, from its source file."""
+    titles = {}
+    for page in PAGES:
+        path = next(p for p in (ROOT / f"{page}.md", ROOT / f"{page}.ipynb") if p.exists())
+        text = path.read_text()
+        match = re.search(r'^# (.+?)(?:\\n|"|$)', text, re.M)
+        titles[page] = match.group(1).strip()
+    return titles
+
+
+TITLES = _titles()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders(page, base_url, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    errors = []
+    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    tab.on("pageerror", lambda exc: errors.append(f"script error: {exc}"))
+    failed = []
+    tab.on("requestfailed", lambda req: failed.append(req.url) if req.url.startswith(base_url) else None)
+    tab.on("response", lambda res: failed.append(f"{res.status} {res.url}") if res.status >= 400 else None)
+    tab.goto(f"{base_url}/{page}.html", wait_until="load")
+    tab.wait_for_timeout(500)  # MathJax typesets after load
+
+    assert TITLES[page] in tab.title(), f"title {tab.title()!r} lacks {TITLES[page]!r}"
+    broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+    assert not broken, f"images that did not load: {broken}"
+    sidebar = tab.inner_text("nav.bd-links")
+    for other in PAGES:
+        if other != TOC["root"]:
+            assert TITLES[other] in sidebar, f"sidebar lacks {TITLES[other]!r}"
+    assert not failed, f"local files missing or failing: {failed}"
+    real = [e for e in errors if not TOLERATED.search(e)]
+    assert not real, f"console errors: {real}"
+    colab = tab.eval_on_selector_all("a[href*='colab.research.google.com']", "links => links.map(a => a.href)")
+    if page.startswith("chapters/"):
+        repo = CONFIG["repository"]["url"].removeprefix("https://github.com/").rstrip("/")
+        expected = f"https://colab.research.google.com/github/{repo}/blob/main/{page}.ipynb"
+        assert expected in colab, f"Colab button {colab} should open {expected}"
+    else:
+        assert not colab, "a prose page has no notebook to launch"
+    tab.screenshot(path=str(SHOTS / f"{page.replace('/', '_')}.png"), full_page=True)
+    context.close()
