@@ -140,7 +140,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: b
     be combined with ``attn_mask``. ``scale`` defaults to 1/sqrt(E).
     ``enable_gqa=True`` lets query have ``Hq`` heads on axis -3 and key/value
     ``Hkv`` heads, ``Hq`` a multiple of ``Hkv`` (grouped-query attention).
-    A query whose keys are all masked gets zeros (torch's math kernel: NaN).
+    A query whose keys are all masked gets zeros, as torch's SDPA kernels give
+    (its math route uses a "safe" softmax); plain ``torch.softmax`` gives NaN.
     """
     query = as_float_array(query, "query")
     key = as_float_array(key, "key", query.dtype)

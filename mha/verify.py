@@ -28,9 +28,12 @@ def max_abs_diff(actual, expected) -> float:
     return float(diff.max()) if diff.size else 0.0
 
 
-def report_match(label: str, actual, expected, atol: float = 1e-5) -> bool:
-    """Print ``label: matches torch within 1e-05: True`` and return the verdict."""
+def report_match(label: str, actual, expected, atol: float = 1e-5, *, reference: str = "torch") -> bool:
+    """Print ``label: matches torch within 1e-05: True`` and return the verdict.
+
+    ``reference`` names what ``expected`` is, when it is not torch's result.
+    """
     diff = max_abs_diff(actual, expected)
     verdict = bool(diff <= atol)
-    print(f"{label}: matches torch within {atol:.0e}: {verdict}")
+    print(f"{label}: matches {reference} within {atol:.0e}: {verdict}")
     return verdict

@@ -83,6 +83,6 @@ def test_every_check_is_used_by_a_notebook():
     used = {(m, c) for (m, c, _), *_ in (p.values for p in EXERCISES)}
     for path in sorted((pathlib.Path(mha.__file__).parent / "exercises").glob("[!_]*.py")):
         module = importlib.import_module(f"mha.exercises.{path.stem}")
-        for name in dir(module):
-            if name.startswith("check_"):
+        for name, obj in vars(module).items():
+            if name.startswith("check_") and getattr(obj, "__module__", None) == module.__name__:
                 assert (path.stem, name) in used, f"mha.exercises.{path.stem}.{name} is not used by any notebook"

@@ -12,6 +12,16 @@ An exercise cell defines a function whose body starts as
 and returns True, False or None accordingly (end the cell with ``;`` to hide it).
 """
 
+import importlib
+
 from ._core import check_function
 
 __all__ = ["check_function"]
+
+
+def __getattr__(name):
+    # `mha.exercises.sdpa` works after a plain `import mha`: chapter modules load on first use
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'mha.exercises' has no attribute {name!r}") from None

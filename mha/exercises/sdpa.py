@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..functional import softmax
-from ._core import check_function
+from ._core import check_function as _check_function
 
 __all__ = ["check_scaled_scores", "check_stable_softmax", "check_causal_mask", "check_blocked_to_additive",
            "COMMON_MISTAKES"]
@@ -50,7 +50,7 @@ def check_scaled_scores(scaled_scores):
         (rng.standard_normal((4, 1)), rng.standard_normal((2, 1))),              # d_k = 1: no scaling
         (rng.standard_normal((2, 3, 4, 16)), rng.standard_normal((2, 3, 6, 16))),  # (N, H, L, d_k), (N, H, S, d_k)
     ]
-    return check_function(scaled_scores, _scaled_scores, cases, name="scaled_scores", atol=1e-10,
+    return _check_function(scaled_scores, _scaled_scores, cases, name="scaled_scores", atol=1e-10,
                           hint="divide by sqrt(d_k), where d_k = Q.shape[-1], and transpose only the last two "
                                "axes of K (np.swapaxes(K, -1, -2)): K.T reverses every axis of a batched K.")
 
@@ -75,15 +75,16 @@ def check_stable_softmax(stable_softmax):
         (np.array([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]], dtype=np.float32),),  # overflow, underflow
         (np.array([[0.5, -inf, 1.5, -inf], [-inf, -inf, -inf, -inf], [2.0, 2.0, -inf, 0.0]]),),  # masked keys; row 1 all masked
     ]
-    return check_function(stable_softmax, _softmax_last, cases, name="stable_softmax", atol=1e-6,
+    return _check_function(stable_softmax, _softmax_last, cases, name="stable_softmax", atol=1e-6,
                           hint="subtract each row's maximum (keepdims=True) before np.exp; for a row that is all "
                                "-inf, the maximum is -inf and -inf - (-inf) is NaN: use 0 as that row's maximum, "
                                "and make its sum 1, so the row comes out as zeros.")
 
 
 def _softmax_without_masked_rows(x):
-    e = np.exp(x - x.max(axis=-1, keepdims=True))  # NaN for a row that is all -inf
-    return e / e.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # -inf - (-inf): NumPy warns, and the row becomes NaN
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
 
 
 # --- causal_mask ---------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def check_causal_mask(causal_mask):
     """``causal_mask(L)``: bool (L, L), True where query i may attend key j (j <= i)."""
     rng = _rng(3)
     cases = [(1,), (2,), (5,), (int(rng.integers(6, 20)),)]
-    return check_function(causal_mask, _causal_mask, cases, name="causal_mask",
+    return _check_function(causal_mask, _causal_mask, cases, name="causal_mask",
                           hint="True marks a key the query may attend: key j <= query i, the diagonal included "
                                "(np.tril). A mask with True above the diagonal is nn.MultiheadAttention's polarity "
                                "(True = blocked).")
@@ -128,7 +129,7 @@ def check_blocked_to_additive(blocked_to_additive):
         (_random_blocked(rng, (2, 4, 6)),),              # (N * num_heads, L, S)
         (np.array([False, False, True]),),               # a key_padding_mask for one sequence
     ]
-    return check_function(blocked_to_additive, _blocked_to_additive, cases, name="blocked_to_additive",
+    return _check_function(blocked_to_additive, _blocked_to_additive, cases, name="blocked_to_additive",
                           hint="in nn.MultiheadAttention's convention True means blocked, so True must become "
                                "-inf and False 0.0 (np.where(mask, -np.inf, 0.0)); mask * -np.inf gives NaN "
                                "where the mask is False (0 * inf).")
