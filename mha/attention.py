@@ -195,6 +195,12 @@ class MultiHeadAttention:
         elif not self.batch_first:
             out = out.transpose(1, 0, 2)                  # (N, L, E) -> (L, N, E)
 
+        # backward needs the inputs as they are now, even if the caller edits its arrays in between
+        def own(x, arr):
+            return x.copy() if np.may_share_memory(x, arr) else x
+
+        x_q = own(x_q, q_in)
+        x_k, x_v = (x_q, x_q) if fused else (own(x_k, k_in), own(x_v, v_in))
         self._cache = dict(attn=attn_cache, concat=concat, x_q=x_q, x_k=x_k, x_v=x_v, fused=fused,
                            self_attention=self_attention, batched=batched, N=N, L=L, S=S,
                            out_shape=out.shape, params=(W_Q, W_K, W_V, W_O), bias_kv=bias_k is not None,

@@ -259,3 +259,22 @@ def error_histogram(actual, expected, *, ax=None, bins=50, title=None):
         summary += f", {n_bad} non-finite"
     ax.set_title(summary if title is None else f"{title}\n{summary}")
     return fig, ax
+
+
+def glue(name: str, fig) -> None:
+    """Show ``fig`` below the cell and, during a Jupyter Book build, keep it under ``name``.
+
+    Another page can then show the same figure with
+    ``{glue:figure} chapters/<notebook>::<name>`` (the book's landing page
+    does). Outside a book build (Colab, Jupyter) this just shows the figure.
+    The figure is closed afterwards so that it is not shown twice.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        from IPython.display import display
+
+        display(fig)
+    else:
+        myst_glue(name, fig, display=True)
+    plt.close(fig)

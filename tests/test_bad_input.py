@@ -703,7 +703,9 @@ def test_every_public_function_is_exercised():
     """A new public entry point should get its misuse cases here too."""
     covered = {"MultiHeadAttention", "SequentialMHA", "sequential_to_fused", "fused_to_sequential",
                "load_weights_from_pytorch", "compare_outputs", "create_matching_mha", "analyze_weight_differences",
-               "to_pytorch", "torch_state_dict", "scaled_dot_product_attention", "softmax", "plot"}
+               "to_pytorch", "torch_state_dict", "scaled_dot_product_attention", "softmax", "plot",
+               "max_abs_diff", "report_match",
+               "exercises"}  # the exercise checks answer a wrong answer with a verdict: tests/test_exercises.py
     assert set(mha.__all__) <= covered, sorted(set(mha.__all__) - covered)
 
 
@@ -711,3 +713,10 @@ def test_sdpa_mask_that_would_grow_the_scores_is_refused():
     q, k, v = np.ones((3, 5)), np.ones((6, 5)), np.ones((6, 3))
     with pytest.raises(ValueError, match=r"attn_mask of shape \(2, 3, 6\) does not broadcast to the scores' shape \(3, 6\)"):
         mha.scaled_dot_product_attention(q, k, v, attn_mask=np.ones((2, 3, 6), bool))
+
+
+@pytest.mark.parametrize("fn", [mha.max_abs_diff, lambda a, b: mha.report_match("output", a, b)], ids=["max_abs_diff", "report_match"])
+def test_verdicts_refuse_arrays_of_different_shapes(fn):
+    with pytest.raises(ValueError, match=r"actual and expected must have the same shape, got \(2, 3\) and \(3, 2\)"):
+        fn(np.ones((2, 3)), np.ones((3, 2)))
+

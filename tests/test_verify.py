@@ -1,0 +1,24 @@
+"""mha.verify: the printed verdicts the chapters assert on."""
+
+import numpy as np
+import torch
+
+import mha
+
+
+def test_report_match_prints_and_returns_the_verdict(capsys):
+    assert mha.report_match("output", np.ones(3), np.ones(3) + 1e-6) is True
+    assert capsys.readouterr().out == "output: matches torch within 1e-05: True\n"
+    assert mha.report_match("output", np.ones(3), np.ones(3) + 1e-4, atol=1e-5, reference="the fix") is False
+    assert capsys.readouterr().out == "output: matches the fix within 1e-05: False\n"
+
+
+def test_nan_never_matches():
+    assert mha.report_match("x", np.array([np.nan]), np.array([1.0])) is False
+    assert np.isnan(mha.max_abs_diff(np.array([1.0, np.nan]), np.array([1.0, 2.0])))
+    assert mha.max_abs_diff(np.array([np.nan]), np.array([np.nan])) == 0.0   # NaN where the reference has NaN
+
+
+def test_max_abs_diff_takes_tensors():
+    assert mha.max_abs_diff(torch.ones(2, dtype=torch.float64), np.zeros(2)) == 1.0
+    assert type(mha.max_abs_diff(np.zeros(0), np.zeros(0))) is float
