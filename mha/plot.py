@@ -171,9 +171,9 @@ def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
     row; 2-D input (rows, cols) as is; input with more axes (..., rows, cols)
     is reduced to (rows, cols) by taking the maximum over the leading axes.
 
-    With ``log=True`` the colours use a log scale; exact zeros are drawn at
-    the smallest positive difference (or at the inputs' machine epsilon when
-    everything matches exactly). ``tol`` is marked on the colour bar, whose
+    With ``log=True`` the colours use a log scale; exact zeros are drawn in
+    the bottom colour of the bar (the smallest positive difference, or the
+    inputs' machine epsilon when everything matches exactly). ``tol`` is marked on the colour bar, whose
     range is widened if needed so the marker is visible. The title reports
     the maximum difference.
 
@@ -195,13 +195,13 @@ def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
     finite = diff[np.isfinite(diff)]
     if log:
         positive = finite[finite > 0]
-        floor = float(positive.min()) if positive.size else _input_eps(actual, expected)
-        shown = np.where(diff == 0, floor, diff)
-        low, high = floor, float(positive.max()) if positive.size else floor
+        low = float(positive.min()) if positive.size else _input_eps(actual, expected)
+        high = float(positive.max()) if positive.size else low
         if tol is not None:  # keep the tolerance marker inside the colour bar
             low, high = min(low, tol / 2), max(high, tol * 2)
         if high <= low:
             high = low * 10
+        shown = np.where(diff == 0, low, diff)   # exact zeros take the bottom colour of the bar
         norm = LogNorm(vmin=low, vmax=high)
     else:
         shown = diff

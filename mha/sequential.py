@@ -44,6 +44,10 @@ class Linear:
         self.b = _param(draw(n_out), dt) if bias else None  # (out,)
         self._x = None
 
+    def __repr__(self):
+        out_features, in_features = self.w.shape
+        return f"Linear(in_features={in_features}, out_features={out_features}, bias={self.b is not None})"
+
     def parameters(self):
         return [self.w] if self.b is None else [self.w, self.b]
 
@@ -81,6 +85,9 @@ class Head:
         self.k_proj = Linear(in_channels, head_dim, bias, rng=rng, dtype=dtype)
         self.v_proj = Linear(in_channels, head_dim, bias, rng=rng, dtype=dtype)
         self.attn_weights = None  # (B, T, T) of the last forward
+
+    def __repr__(self):
+        return f"Head(q_proj={self.q_proj}, k_proj={self.k_proj}, v_proj={self.v_proj})"
 
     def parameters(self):
         return [p for lin in (self.q_proj, self.k_proj, self.v_proj) for p in lin.parameters()]
@@ -140,6 +147,10 @@ class SequentialMHA:
                 lin.w[...] = w_in[j * C + h * hd : j * C + (h + 1) * hd]  # (hd, C)
         self.out_proj.w[...] = rng.uniform(-1 / np.sqrt(C), 1 / np.sqrt(C), (C, C))  # (C, C)
         self._out_shape = None
+
+    def __repr__(self):
+        return (f"SequentialMHA(in_channels={self.in_channels}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+                f"bias={self.bias}, dtype={self.dtype})")
 
     def parameters(self):
         return [p for head in self.heads for p in head.parameters()] + self.out_proj.parameters()

@@ -28,12 +28,20 @@ def max_abs_diff(actual, expected) -> float:
     return float(diff.max()) if diff.size else 0.0
 
 
-def report_match(label: str, actual, expected, atol: float = 1e-5, *, reference: str = "torch") -> bool:
+def report_match(label: str, actual, expected, atol: float = 1e-5, *, rtol: float = 0.0,
+                 reference: str = "torch") -> bool:
     """Print ``label: matches torch within 1e-05: True`` and return the verdict.
 
-    ``reference`` names what ``expected`` is, when it is not torch's result.
+    The test is ``np.allclose``'s, element by element:
+    ``|actual - expected| <= atol + rtol * |expected|`` (NaN never matches
+    a number). ``reference`` names what ``expected`` is, when it is not
+    torch's result.
     """
-    diff = max_abs_diff(actual, expected)
-    verdict = bool(diff <= atol)
-    print(f"{label}: matches {reference} within {atol:.0e}: {verdict}")
+    a, b = _as_numpy(actual), _as_numpy(expected)
+    if np.isnan(max_abs_diff(a, b)):
+        verdict = False
+    else:
+        verdict = bool(np.all(np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)))
+    tolerance = f"{atol:.0e}" if not rtol else f"atol {atol:.0e}, rtol {rtol:.0e}"
+    print(f"{label}: matches {reference} within {tolerance}: {verdict}")
     return verdict

@@ -311,3 +311,13 @@ def test_error_histogram_all_equal_and_non_finite():
     assert ax.get_title() == "0 nonzero, 4 exactly zero"
     _, ax2 = plot.error_histogram([np.inf, 1.0], [0.0, 1.0])
     assert ax2.get_title() == "0 nonzero, 1 exactly zero, 1 non-finite"
+
+
+def test_exact_zeros_take_the_bottom_colour_when_tol_widens_the_bar():
+    actual = np.array([[0.0, 1e-3], [2e-3, 0.0]])
+    fig, ax = plot.error_heatmap(actual, np.zeros_like(actual), tol=1e-5)
+    image = ax.images[0]
+    shown = np.asarray(image.get_array())
+    assert image.norm.vmin == pytest.approx(5e-6)
+    assert shown[0, 0] == pytest.approx(image.norm.vmin) and shown[1, 1] == pytest.approx(image.norm.vmin)
+    assert shown[0, 1] == pytest.approx(1e-3)

@@ -317,3 +317,11 @@ def test_dy_must_have_the_output_shape():
         seq.backward(np.zeros((3, 8), dtype=np.float32))
     with pytest.raises(TypeError, match=r"dy must hold real"):
         seq.backward(np.zeros((2, 3, 8), dtype=complex))
+
+
+def test_reprs_show_structure_not_addresses():
+    seq = SequentialMHA(12, 3, bias=True, seed=0)
+    assert repr(seq) == "SequentialMHA(in_channels=12, n_heads=3, head_dim=4, bias=True, dtype=float32)"
+    assert repr(seq.heads[0].q_proj) == "Linear(in_features=12, out_features=4, bias=True)"
+    assert repr(seq.heads[0]).startswith("Head(q_proj=Linear(in_features=12, out_features=4")
+    assert "0x" not in repr(seq.heads[0]) and "0x" not in repr(seq.out_proj)

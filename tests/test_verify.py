@@ -22,3 +22,12 @@ def test_nan_never_matches():
 def test_max_abs_diff_takes_tensors():
     assert mha.max_abs_diff(torch.ones(2, dtype=torch.float64), np.zeros(2)) == 1.0
     assert type(mha.max_abs_diff(np.zeros(0), np.zeros(0))) is float
+
+
+def test_report_match_relative_tolerance_like_allclose(capsys):
+    big = np.array([1000.0, 0.0])
+    off = big + np.array([5e-3, 0.0])                 # 5e-3 absolute, 5e-6 relative
+    assert mha.report_match("grad", off, big, atol=1e-5) is False
+    assert mha.report_match("grad", off, big, atol=1e-5, rtol=1e-5) is True
+    assert capsys.readouterr().out.splitlines()[-1] == "grad: matches torch within atol 1e-05, rtol 1e-05: True"
+    assert mha.report_match("near zero", np.array([2e-5]), np.array([0.0]), atol=1e-5, rtol=1e-5) is False

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import check_function
+from ._core import check_function as _check_function
 
 __all__ = ["check_split_in_proj", "check_pack_in_proj", "check_out_proj_forward", "COMMON_MISTAKES"]
 
@@ -52,7 +52,7 @@ def check_split_in_proj(answer) -> bool | None:
     """``answer(in_proj_weight)`` must return ``(W_Q, W_K, W_V)``, each (E, E) in (in, out) layout."""
     rng = _rng(0)
     cases = [(rng.standard_normal((3 * E, E)),) for E in (4, 6, 8)]
-    return check_function(answer, _split_in_proj, cases, name="split_in_proj", atol=1e-12,
+    return _check_function(answer, _split_in_proj, cases, name="split_in_proj", atol=1e-12,
                           hint="rows 0:E of in_proj_weight are W_Q in torch's (out, in) layout; "
                                "mha's W_Q is their transpose, in_proj_weight[:E].T.")
 
@@ -62,7 +62,7 @@ def check_pack_in_proj(answer) -> bool | None:
     rng = _rng(1)
     cases = [tuple(rng.standard_normal((E, E)) for _ in range(3)) + tuple(rng.standard_normal(E) for _ in range(3))
              for E in (4, 6)]
-    return check_function(answer, _pack_in_proj, cases, name="pack_in_proj", atol=1e-12,
+    return _check_function(answer, _pack_in_proj, cases, name="pack_in_proj", atol=1e-12,
                           hint="in_proj_weight stacks W_Q.T, W_K.T, W_V.T by rows (shape (3E, E)); "
                                "in_proj_bias is b_Q, b_K, b_V one after another (shape (3E,)).")
 
@@ -72,7 +72,7 @@ def check_out_proj_forward(answer) -> bool | None:
     rng = _rng(2)
     cases = [(rng.standard_normal(shape), rng.standard_normal((shape[-1], shape[-1])), rng.standard_normal(shape[-1]))
              for shape in ((5, 4), (2, 3, 6))]
-    return check_function(answer, _out_proj_forward, cases, name="out_proj_forward", atol=1e-10,
+    return _check_function(answer, _out_proj_forward, cases, name="out_proj_forward", atol=1e-10,
                           hint="out_proj.weight is (out, in): torch computes x @ weight.T + bias.")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import pathlib
 import re
@@ -74,9 +75,12 @@ def _titles():
     titles = {}
     for page in PAGES:
         path = next(p for p in (ROOT / f"{page}.md", ROOT / f"{page}.ipynb") if p.exists())
-        text = path.read_text()
-        match = re.search(r'^# (.+?)(?:\\n|"|$)', text, re.M)
-        titles[page] = match.group(1).strip()
+        if path.suffix == ".ipynb":
+            cells = json.loads(path.read_text())["cells"]
+            text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        else:
+            text = path.read_text()
+        titles[page] = re.search(r"^# (.+)$", text, re.M).group(1).strip()
     return titles
 
 
