@@ -8,7 +8,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The notebooks' kernel is the venv's python; keep its bin first on PATH for every tool.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: book test install lint unit nbval browser clean bench
