@@ -80,7 +80,8 @@ def _titles():
             text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
         else:
             text = path.read_text()
-        titles[page] = re.search(r"^# (.+)$", text, re.M).group(1).strip()
+        heading = re.search(r"^# (.+)$", text, re.M).group(1).strip()
+        titles[page] = heading.replace("`", "")  # inline code marks are not part of the rendered text
     return titles
 
 
