@@ -103,6 +103,8 @@ def test_page_renders(page, base_url, browser):
     tab.wait_for_timeout(500)  # MathJax typesets after load
 
     assert TITLES[page] in tab.title(), f"title {tab.title()!r} lacks {TITLES[page]!r}"
+    article = tab.inner_text("article")
+    assert "google.colab" not in article, "the Colab bootstrap cell must be hidden in the book (tag it remove-cell)"
     broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
     assert not broken, f"images that did not load: {broken}"
     sidebar = tab.inner_text("nav.bd-links")
