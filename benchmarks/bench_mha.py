@@ -206,11 +206,13 @@ def main() -> None:
               f"  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_mha.py\n{bar}",
               file=sys.stderr)
     torch.set_num_threads(a.threads)
+    mha.parallel.set_num_threads(a.threads)
     blas = numpy_blas(a.threads)
     B, T, C, H = a.batch, a.seq, a.d_model, a.heads
     print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, CPU {cpu_model()} "
           f"({os.cpu_count()} logical)")
-    print(f"torch threads {torch.get_num_threads()}; numpy BLAS: {blas}; OPENBLAS_CORETYPE/L2_SIZE: {env_set or 'unset'}")
+    print(f"torch threads {torch.get_num_threads()}; mha threads {mha.parallel.get_num_threads()} (its BLAS calls on one "
+          f"thread each); numpy BLAS: {blas}; OPENBLAS_CORETYPE/L2_SIZE: {env_set or 'unset'}")
     print(f"shape B={B} T={T} C={C} heads={H} float32, repeats {a.repeats}, warmup {a.warmup}, settle {a.settle}")
 
     m = mha.MultiHeadAttention(C, H, dtype=np.float32, seed=0)

@@ -3,7 +3,9 @@
 The one implementation that every chapter of the book imports:
 
 - :func:`softmax`, :func:`scaled_dot_product_attention` (``mha.functional``)
-- :class:`MultiHeadAttention`, ``nn.MultiheadAttention``'s eval-mode semantics (``mha.attention``)
+- :class:`MultiHeadAttention`, ``nn.MultiheadAttention``'s eval-mode semantics (``mha.attention``);
+  on large inputs it shares its work among threads (``mha.parallel``; ``mha.parallel.set_num_threads(1)``
+  runs the plain serial code, with the same results)
 - the torch bridge: :func:`load_weights_from_pytorch`, :func:`compare_outputs`,
   :func:`create_matching_mha`, :func:`analyze_weight_differences`,
   :func:`to_pytorch`, :func:`torch_state_dict` (``mha.torch_bridge``; torch is imported lazily)

@@ -12,9 +12,11 @@ import math
 
 import numpy as np
 
+from . import parallel
 from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed
 from .functional import attention_backward, attention_forward, sum_rows
 from .masks import merge_masks
+from .parallel import matmul_cols, matmul_rows
 
 __all__ = ["MultiHeadAttention"]
 
@@ -169,27 +171,30 @@ class MultiHeadAttention:
         mask = merge_masks(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
                            batched=batched, N=N, H=H, L=L, S=S, extra_keys=extra_keys, dtype=self.dtype)
 
-        x_q = q3.reshape(N * L, E)                        # (N, L, E) -> (N*L, E)
-        if fused:
-            qkv = _linear(x_q, np.concatenate([W_Q, W_K, W_V], axis=1), _cat_bias(b_Q, b_K, b_V))
-            qkv = qkv.reshape(N, L, 3, H, hd).transpose(2, 0, 3, 1, 4)   # (N*L, 3E) -> (3, N, H, L, hd)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            x_k = x_v = x_q
-        else:
-            x_k, x_v = k3.reshape(N * S, self.kdim), v3.reshape(N * S, self.vdim)
-            q = _linear(x_q, W_Q, b_Q).reshape(N, L, H, hd).transpose(0, 2, 1, 3)   # (N*L, E) -> (N, H, L, hd)
-            k = _linear(x_k, W_K, b_K).reshape(N, S, H, hd).transpose(0, 2, 1, 3)   # (N*S, E) -> (N, H, S, hd)
-            v = _linear(x_v, W_V, b_V).reshape(N, S, H, hd).transpose(0, 2, 1, 3)
-        if bias_k is not None:                            # one learned key/value shared by all sequences
-            k = np.concatenate([k, np.broadcast_to(bias_k.reshape(1, H, 1, hd), (N, H, 1, hd))], axis=2)
-            v = np.concatenate([v, np.broadcast_to(bias_v.reshape(1, H, 1, hd), (N, H, 1, hd))], axis=2)
-        if self.add_zero_attn:                            # one all-zero key/value per head
-            k = np.concatenate([k, np.zeros((N, H, 1, hd), self.dtype)], axis=2)
-            v = np.concatenate([v, np.zeros((N, H, 1, hd), self.dtype)], axis=2)
+        with parallel.threads(N * L * (E + H * S)) as pmap:   # None: serial
+            x_q = q3.reshape(N * L, E)                    # (N, L, E) -> (N*L, E)
+            if fused:
+                qkv = matmul_rows(pmap, x_q, np.concatenate([W_Q, W_K, W_V], axis=1), _cat_bias(b_Q, b_K, b_V))
+                qkv = qkv.reshape(N, L, 3, H, hd).transpose(2, 0, 3, 1, 4)   # (N*L, 3E) -> (3, N, H, L, hd)
+                q, k, v = qkv[0], qkv[1], qkv[2]
+                x_k = x_v = x_q
+            else:
+                x_k, x_v = k3.reshape(N * S, self.kdim), v3.reshape(N * S, self.vdim)
+                q = matmul_rows(pmap, x_q, W_Q, b_Q).reshape(N, L, H, hd).transpose(0, 2, 1, 3)   # (N*L, E) -> (N, H, L, hd)
+                k = matmul_rows(pmap, x_k, W_K, b_K).reshape(N, S, H, hd).transpose(0, 2, 1, 3)   # (N*S, E) -> (N, H, S, hd)
+                v = matmul_rows(pmap, x_v, W_V, b_V).reshape(N, S, H, hd).transpose(0, 2, 1, 3)
+            if bias_k is not None:                        # one learned key/value shared by all sequences
+                k = np.concatenate([k, np.broadcast_to(bias_k.reshape(1, H, 1, hd), (N, H, 1, hd))], axis=2)
+                v = np.concatenate([v, np.broadcast_to(bias_v.reshape(1, H, 1, hd), (N, H, 1, hd))], axis=2)
+            if self.add_zero_attn:                        # one all-zero key/value per head
+                k = np.concatenate([k, np.zeros((N, H, 1, hd), self.dtype)], axis=2)
+                v = np.concatenate([v, np.zeros((N, H, 1, hd), self.dtype)], axis=2)
 
-        heads, attn_cache = attention_forward(q, k, v, mask)   # (N, H, L, hd), weights (N, H, L, S')
-        concat = heads.transpose(0, 2, 1, 3).reshape(N * L, E)  # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
-        out = _linear(concat, W_O, b_O).reshape(N, L, E)        # (N*L, E) -> (N, L, E)
+            # The heads go straight into the merged layout: concat (N, L, H, hd) seen as (N, H, L, hd).
+            concat = np.empty((N, L, H, hd), dtype=self.dtype)
+            attn_caches = _attention_chunks(pmap, q, k, v, mask, out=concat.transpose(0, 2, 1, 3))
+            concat = concat.reshape(N * L, E)             # (N, L, H, hd) -> (N*L, E), no copy
+            out = matmul_rows(pmap, concat, W_O, b_O).reshape(N, L, E)   # (N*L, E) -> (N, L, E)
         if not batched:
             out = out[0]                                  # (1, L, E) -> (L, E)
         elif not self.batch_first:
@@ -201,13 +206,13 @@ class MultiHeadAttention:
 
         x_q = own(x_q, q_in)
         x_k, x_v = (x_q, x_q) if fused else (own(x_k, k_in), own(x_v, v_in))
-        self._cache = dict(attn=attn_cache, concat=concat, x_q=x_q, x_k=x_k, x_v=x_v, fused=fused,
+        self._cache = dict(attn=attn_caches, concat=concat, x_q=x_q, x_k=x_k, x_v=x_v, fused=fused,
                            self_attention=self_attention, batched=batched, N=N, L=L, S=S,
                            out_shape=out.shape, params=(W_Q, W_K, W_V, W_O), bias_kv=bias_k is not None,
                            has_bias={n: b is not None for n, b in zip(BIAS_NAMES, (b_Q, b_K, b_V, b_O))})
         if not need_weights:
             return out
-        weights = attn_cache["weights"]                   # (N, H, L, S')
+        weights = _gather_weights(attn_caches, q.shape[:2])   # (N, H, L, S')
         weights = weights.mean(axis=1) if average_attn_weights else weights.copy()
         return out, (weights if batched else weights[0])
 
@@ -224,23 +229,14 @@ class MultiHeadAttention:
         dout = as_float_array(grad_output, "grad_output", self.dtype)
         if dout.shape != c["out_shape"]:
             raise ValueError(f"grad_output must have the output's shape {c['out_shape']}, got {dout.shape}")
-        E, H, hd, N, L, S = self.d_model, self.num_heads, self.head_dim, c["N"], c["L"], c["S"]
-        W_Q, W_K, W_V, W_O = c["params"]
+        E, N, L, S = self.d_model, c["N"], c["L"], c["S"]
         if not c["batched"]:
             dout = dout[None]                             # (L, E) -> (1, L, E)
         elif not self.batch_first:
             dout = dout.transpose(1, 0, 2)                # (L, N, E) -> (N, L, E)
-        d_out2 = dout.reshape(N * L, E)                   # (N, L, E) -> (N*L, E)
-        grads = {"W_O": c["concat"].T @ d_out2}
-        if c["has_bias"]["b_O"]:
-            grads["b_O"] = sum_rows(d_out2)
-        d_heads = (d_out2 @ W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)  # (N*L, E) -> (N, H, L, hd)
-        dq, dk, dv = attention_backward(d_heads, c["attn"])   # (N, H, L, hd), (N, H, S', hd) x 2
-        dk, dv = dk[:, :, :S + c["bias_kv"]], dv[:, :, :S + c["bias_kv"]]   # the zero key has no parameter
-        if c["bias_kv"]:
-            grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(E)   # (N, H, hd) -> (H, hd) -> (E,)
-            grads["bias_v"] = sum_rows(dv[:, :, S]).reshape(E)
-            dk, dv = dk[:, :, :S], dv[:, :, :S]
+        with parallel.threads(N * L * (E + self.num_heads * S)) as pmap:   # None: serial
+            grads, d_inputs = self._backward(pmap, dout.reshape(N * L, E))   # (N, L, E) -> (N*L, E)
+        self._store_grads(grads)
 
         def to_input_layout(d, T):
             d = d.reshape(N, T, -1)                       # (N*T, in) -> (N, T, in)
@@ -248,31 +244,53 @@ class MultiHeadAttention:
                 return d[0]
             return d if self.batch_first else d.transpose(1, 0, 2)   # (N, T, in) -> (T, N, in)
 
+        if c["fused"] and c["self_attention"]:            # m(x): one input, one gradient
+            return to_input_layout(d_inputs, L)
+        dx_q, dx_k, dx_v = d_inputs
+        return to_input_layout(dx_q, L), to_input_layout(dx_k, S), to_input_layout(dx_v, S)
+
+    def _backward(self, pmap, d_out2):
+        """The gradients for d_out2 (N*L, E): ``(grads, dx)`` for ``m(x)``, else ``(grads, (dx_q, dx_k, dx_v))``."""
+        c = self._cache
+        E, H, hd, N, L, S = self.d_model, self.num_heads, self.head_dim, c["N"], c["L"], c["S"]
+        W_Q, W_K, W_V, W_O = c["params"]
+        grads = {"W_O": matmul_cols(pmap, c["concat"].T, d_out2)}   # (E, N*L) @ (N*L, E)
+        if c["has_bias"]["b_O"]:
+            grads["b_O"] = _sum_rows(pmap, d_out2)
+        d_heads = matmul_rows(pmap, d_out2, W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)  # (N*L, E) -> (N, H, L, hd)
+        dq, dk, dv = _attention_backward_chunks(pmap, d_heads, c["attn"])   # (N, H, L, hd), (N, H, S', hd) x 2
+        dk, dv = dk[:, :, :S + c["bias_kv"]], dv[:, :, :S + c["bias_kv"]]   # the zero key has no parameter
+        if c["bias_kv"]:
+            grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(E)   # (N, H, hd) -> (H, hd) -> (E,)
+            grads["bias_v"] = sum_rows(dv[:, :, S]).reshape(E)
+            dk, dv = dk[:, :, :S], dv[:, :, :S]
+
         if c["fused"]:
-            d_qkv = np.stack([dq, dk, dv], axis=0)       # (3, N, H, L, hd)
-            d_qkv = d_qkv.transpose(1, 3, 0, 2, 4).reshape(N * L, 3 * E)   # -> (N, L, 3, H, hd) -> (N*L, 3E)
-            d_w = c["x_q"].T @ d_qkv                      # (E, 3E): one matmul for the three weights
-            d_b = sum_rows(d_qkv)
+            # the in-projection's output gradient, in its (N, L, 3, H, hd) layout: one copy per tensor
+            d_qkv = np.empty((N, L, 3, H, hd), dtype=self.dtype)
+
+            def put(i):
+                d_qkv[:, :, i] = (dq, dk, dv)[i].transpose(0, 2, 1, 3)   # (N, H, L, hd) -> (N, L, H, hd)
+
+            _run(pmap, put, range(3))
+            d_qkv = d_qkv.reshape(N * L, 3 * E)           # (N, L, 3, H, hd) -> (N*L, 3E), no copy
+            d_w = matmul_cols(pmap, c["x_q"].T, d_qkv)    # (E, 3E): one matmul for the three weights
+            d_b = _sum_rows(pmap, d_qkv)
             for i, tag in enumerate("QKV"):
                 grads["W_" + tag] = d_w[:, i * E:(i + 1) * E]
                 if c["has_bias"]["b_" + tag]:
                     grads["b_" + tag] = d_b[i * E:(i + 1) * E]
-            if c["self_attention"]:                       # m(x): one input, one gradient
-                dx = d_qkv @ np.concatenate([W_Q, W_K, W_V], axis=1).T   # (N*L, 3E) @ (3E, E) -> (N*L, E)
-                self._store_grads(grads)
-                return to_input_layout(dx, L)
-            dx_q, dx_k, dx_v = (d_qkv[:, i * E:(i + 1) * E] @ W.T for i, W in enumerate((W_Q, W_K, W_V)))
-        else:
-            d_rows = {}
-            for tag, d, x, W, T in (("Q", dq, c["x_q"], W_Q, L), ("K", dk, c["x_k"], W_K, S), ("V", dv, c["x_v"], W_V, S)):
-                d2 = d.transpose(0, 2, 1, 3).reshape(N * T, E)   # (N, H, T, hd) -> (N, T, H, hd) -> (N*T, E)
-                grads["W_" + tag] = x.T @ d2
-                if c["has_bias"]["b_" + tag]:
-                    grads["b_" + tag] = sum_rows(d2)
-                d_rows[tag] = d2 @ W.T                    # (N*T, E) @ (E, in) -> (N*T, in)
-            dx_q, dx_k, dx_v = d_rows["Q"], d_rows["K"], d_rows["V"]
-        self._store_grads(grads)
-        return to_input_layout(dx_q, L), to_input_layout(dx_k, S), to_input_layout(dx_v, S)
+            if c["self_attention"]:
+                return grads, matmul_rows(pmap, d_qkv, np.concatenate([W_Q, W_K, W_V], axis=1).T)   # (N*L, 3E) @ (3E, E)
+            return grads, tuple(matmul_rows(pmap, d_qkv[:, i * E:(i + 1) * E], W.T) for i, W in enumerate((W_Q, W_K, W_V)))
+        d_rows = {}
+        for tag, d, x, W, T in (("Q", dq, c["x_q"], W_Q, L), ("K", dk, c["x_k"], W_K, S), ("V", dv, c["x_v"], W_V, S)):
+            d2 = d.transpose(0, 2, 1, 3).reshape(N * T, E)   # (N, H, T, hd) -> (N, T, H, hd) -> (N*T, E)
+            grads["W_" + tag] = matmul_cols(pmap, x.T, d2)
+            if c["has_bias"]["b_" + tag]:
+                grads["b_" + tag] = _sum_rows(pmap, d2)
+            d_rows[tag] = matmul_rows(pmap, d2, W.T)      # (N*T, E) @ (E, in) -> (N*T, in)
+        return grads, (d_rows["Q"], d_rows["K"], d_rows["V"])
 
     def _store_grads(self, grads: dict) -> None:
         self.grads = {name: grads[name] for name in PARAMETER_NAMES if name in grads}
@@ -291,3 +309,71 @@ def _cat_bias(*biases):
     if all(b is None for b in biases):
         return None
     return np.concatenate([np.zeros_like(next(x for x in biases if x is not None)) if b is None else b for b in biases])
+
+
+# --- the attention core, in (sequence, head) chunks that threads can share --------------------------
+
+def _run(pmap, fn, items) -> list:
+    """``[fn(item) for item in items]``, in the thread pool when there is one."""
+    return [fn(item) for item in items] if pmap is None else pmap(fn, list(items))
+
+
+def _chunk_of(mask, idx):
+    """The part of an additive mask, broadcastable to (N, H, L, S'), that chunk ``idx`` = (sequences, heads) sees."""
+    if mask is None:
+        return None
+    return mask[tuple(part if size > 1 else slice(None) for part, size in zip(idx, mask.shape))]
+
+
+def _attention_chunks(pmap, q, k, v, mask, out):
+    """Attention of every (sequence, head) chunk, written into ``out`` (N, H, L, hd); returns [(idx, cache)].
+
+    Each chunk's softmax and matmuls are exactly those of one call over the whole batch:
+    the chunks only decide which thread computes which heads.
+    """
+    N, H = q.shape[:2]
+    chunks = [(slice(None), slice(None))] if pmap is None else parallel.batch_head_chunks(N, H, 4 * parallel.get_num_threads())
+
+    def run(idx):
+        out[idx], cache = attention_forward(q[idx], k[idx], v[idx], _chunk_of(mask, idx))
+        return idx, cache
+
+    return _run(pmap, run, chunks)
+
+
+def _gather_weights(caches, batch_heads):
+    """The attention weights (N, H, L, S') of all chunks, as one array."""
+    if len(caches) == 1:
+        return caches[0][1]["weights"]
+    first = caches[0][1]["weights"]
+    weights = np.empty(tuple(batch_heads) + first.shape[2:], dtype=first.dtype)
+    for idx, cache in caches:
+        weights[idx] = cache["weights"]
+    return weights
+
+
+def _attention_backward_chunks(pmap, d_heads, caches):
+    """``(dq, dk, dv)`` of the whole batch from the chunks' caches; d_heads (N, H, L, hd)."""
+    if len(caches) == 1:                                  # one chunk covers the whole batch
+        return attention_backward(d_heads, caches[0][1])
+    N, H = d_heads.shape[:2]
+    first = caches[0][1]
+    dq = np.empty(d_heads.shape[:3] + first["q_scaled"].shape[3:], dtype=d_heads.dtype)   # (N, H, L, hd)
+    dk = np.empty((N, H) + first["k"].shape[2:], dtype=d_heads.dtype)                    # (N, H, S', hd)
+    dv = np.empty((N, H) + first["v"].shape[2:], dtype=d_heads.dtype)
+
+    def run(item):
+        idx, cache = item
+        dq[idx], dk[idx], dv[idx] = attention_backward(d_heads[idx], cache)
+
+    _run(pmap, run, caches)
+    return dq, dk, dv
+
+
+def _sum_rows(pmap, d):
+    """:func:`sum_rows` of d (R, C), the columns shared out (each column's sum is the same either way)."""
+    if pmap is None:
+        return sum_rows(d)
+    out = np.empty(d.shape[1], dtype=d.dtype)
+    pmap(lambda s: out.__setitem__(s, sum_rows(d[:, s])), parallel.split(d.shape[1], parallel.get_num_threads()))
+    return out

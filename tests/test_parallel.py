@@ -1,0 +1,130 @@
+"""mha.parallel: the threaded layer computes exactly what the serial one does, and matches torch.
+
+The book's small examples stay below ``MIN_PARALLEL_SIZE`` and run serially; the
+fixture ``threaded`` lowers the threshold so that the same small cases go through
+the threads, chunks and BLAS limit that large inputs (the seed's 16 x 256 x 384) take.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_torch_parity import CONSTRUCTOR, LAYOUTS, MASKS, _ids, check_case, make_masks
+from threadpoolctl import threadpool_info
+
+import mha
+import mha.attention
+from mha import parallel
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    """Threads for every input size, 2 of them whatever the machine; the chunks are counted."""
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 0)
+    before = parallel.get_num_threads()
+    parallel.set_num_threads(2)
+    calls = []
+    real = mha.attention.attention_forward
+    monkeypatch.setattr(mha.attention, "attention_forward", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    yield calls
+    parallel.set_num_threads(before)
+
+
+def _run(m, q, k, v, grad_seed=0, **kwargs):
+    """Everything a forward and backward produce: output, weights, input gradients, parameter gradients."""
+    if k is None:
+        out, weights = m(q, need_weights=True, average_attn_weights=False, **kwargs)
+    else:
+        out, weights = m(q, k, v, need_weights=True, average_attn_weights=False, **kwargs)
+    dout = np.random.default_rng(grad_seed).standard_normal(out.shape).astype(out.dtype)
+    d_in = m.backward(dout)
+    d_in = d_in if isinstance(d_in, tuple) else (d_in,)
+    return {"output": out, "weights": weights, **{f"grad input {i}": d for i, d in enumerate(d_in)},
+            **{f"grad {name}": g for name, g in m.grads.items()}}
+
+
+@pytest.mark.parametrize("N, H", [(9, 2), (3, 4), (1, 4), (2, 1), (5, 2)],
+                         ids=["batch-split", "batch-and-head-split", "head-split", "one-head", "uneven"])
+@pytest.mark.parametrize("options", [{}, {"add_bias_kv": True, "add_zero_attn": True}, {"kdim": 6, "vdim": 10},
+                                     {"bias": False}], ids=_ids)
+def test_threads_change_no_bit_of_any_result(threaded, N, H, options):
+    E, L, S = 8, 5, 7
+    rng = np.random.default_rng(1)
+    m = mha.MultiHeadAttention(E, H, seed=2, **options)
+    for name, p in m.parameters().items():           # non-zero biases, so a bias bug cannot hide
+        setattr(m, name, (p + rng.standard_normal(p.shape)).astype(p.dtype))
+    q = rng.standard_normal((N, L, E)).astype(np.float32)
+    k = rng.standard_normal((N, S, m.kdim)).astype(np.float32)
+    v = rng.standard_normal((N, S, m.vdim)).astype(np.float32)
+    args = (q, None, None) if not options else (q, k, v)   # self-attention (one fused projection) or cross
+    masks = make_masks("kpm_and_attn", rng, N, L, L if args[1] is None else S, True, np.float32)[0]
+    threaded_results = _run(m, *args, **masks)
+    assert len(threaded) > 1, f"the threaded path ran {len(threaded)} chunk: the fixture does not test threads"
+    parallel.set_num_threads(1)
+    threaded.clear()
+    serial_results = _run(m, *args, **masks)
+    assert len(threaded) == 1
+    assert threaded_results.keys() == serial_results.keys()
+    for label, ours in threaded_results.items():
+        np.testing.assert_array_equal(ours, serial_results[label], err_msg=f"{label}: threads changed the result")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("mask_kind", MASKS[::2])
+@pytest.mark.parametrize("options", CONSTRUCTOR[::3], ids=_ids)
+def test_threaded_layer_matches_torch_cross_attention(threaded, options, mask_kind, dtype):
+    check_case(options, mask_kind, "batch_first", dtype, self_attention=False, average=False, seed=11)
+    assert len(threaded) > 1
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "attn3d_float"])
+def test_threaded_layer_matches_torch_self_attention(threaded, layout, mask_kind):
+    check_case({"add_bias_kv": True}, mask_kind, layout, np.float32, self_attention=True, average=True, seed=12)
+    assert len(threaded) > 1
+
+
+def test_the_seed_shape_takes_the_threads_by_default(monkeypatch):
+    """At 16 x 256 x 384 the default threshold and thread count pick the threaded path."""
+    if parallel.get_num_threads() == 1:
+        pytest.skip("this machine gives the process one core: mha runs serially")
+    calls = []
+    real = mha.attention.attention_forward
+    monkeypatch.setattr(mha.attention, "attention_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = np.random.default_rng(0).standard_normal((16, 256, 384)).astype(np.float32)
+    mha.MultiHeadAttention(384, 6, seed=0)(x)
+    assert len(calls) > 1
+
+
+def test_the_blas_thread_count_is_restored_after_forward_and_backward(threaded):
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    m = mha.MultiHeadAttention(8, 2, seed=0)
+    m.backward(m(np.ones((2, 3, 8), np.float32)))
+    assert len(threaded) > 1
+    assert blas_threads() == before
+
+
+def test_without_threadpoolctl_the_layer_runs_serially(threaded, monkeypatch):
+    monkeypatch.setattr(parallel, "_blas", False)   # as if threadpoolctl were missing or found no BLAS
+    m = mha.MultiHeadAttention(8, 2, seed=0)
+    with parallel.threads(10**9) as pmap:
+        assert pmap is None
+    m(np.ones((2, 3, 8), np.float32))
+    assert len(threaded) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2", None])
+def test_set_num_threads_refuses_bad_counts(bad):
+    with pytest.raises(ValueError, match=r"n must be a positive int, got"):
+        parallel.set_num_threads(bad)
+
+
+def test_split_covers_every_index_once():
+    for n in range(1, 12):
+        for parts in range(1, 6):
+            pieces = parallel.split(n, parts)
+            assert [i for s in pieces for i in range(n)[s]] == list(range(n))
+            assert all(s.stop > s.start for s in pieces)
