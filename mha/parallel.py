@@ -30,6 +30,16 @@ _pool: ThreadPoolExecutor | None = None
 _blas = None  # threadpoolctl's controller, made on first use; False when it is not available
 
 
+def _forget_pool_in_child() -> None:
+    # A forked child has none of the parent's pool threads: a pool inherited as it is would never run a task.
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def get_num_threads() -> int:
     """How many threads the layer uses (default: the cores this process may run on, at most 8)."""
     return _num_threads

@@ -7,6 +7,9 @@ the threads, chunks and BLAS limit that large inputs (the seed's 16 x 256 x 384)
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
+
 import numpy as np
 import pytest
 from test_torch_parity import CONSTRUCTOR, LAYOUTS, MASKS, _ids, check_case, make_masks
@@ -128,3 +131,23 @@ def test_split_covers_every_index_once():
             pieces = parallel.split(n, parts)
             assert [i for s in pieces for i in range(n)[s]] == list(range(n))
             assert all(s.stop > s.start for s in pieces)
+
+
+def _threaded_forward_in_child(queue):
+    m = mha.MultiHeadAttention(8, 2, seed=0)
+    queue.put(m(np.ones((2, 3, 8), np.float32)).sum())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is the default start method only on Linux")
+def test_a_forked_child_gets_a_pool_of_its_own(threaded):
+    m = mha.MultiHeadAttention(8, 2, seed=0)
+    expected = m(np.ones((2, 3, 8), np.float32)).sum()   # the parent's pool now has threads
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_threaded_forward_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the child hung or failed running a threaded forward"
+    assert queue.get(timeout=5) == expected
