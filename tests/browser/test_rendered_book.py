@@ -100,11 +100,20 @@ def test_page_renders(page, base_url, browser):
     tab.on("requestfailed", lambda req: failed.append(req.url) if req.url.startswith(base_url) else None)
     tab.on("response", lambda res: failed.append(f"{res.status} {res.url}") if res.status >= 400 else None)
     tab.goto(f"{base_url}/{page}.html", wait_until="load")
-    tab.wait_for_timeout(500)  # MathJax typesets after load
+    tab.evaluate("() => window.MathJax?.startup?.promise ?? null")   # MathJax typesets after load: wait for it
+    tab.wait_for_timeout(300)
 
     assert TITLES[page] in tab.title(), f"title {tab.title()!r} lacks {TITLES[page]!r}"
     article = tab.inner_text("article")
     assert "google.colab" not in article, "the Colab bootstrap cell must be hidden in the book (tag it remove-cell)"
+    formulas = tab.eval_on_selector_all(".math", "els => els.length")
+    typeset = tab.eval_on_selector_all("mjx-container", "els => els.length")
+    assert typeset >= formulas, f"{formulas} formulas on the page, {typeset} typeset by MathJax"
+    # MathJax shows a macro it cannot use in text mode (\\_ inside \\text{...}) as its source: a backslash
+    raw = tab.eval_on_selector_all("mjx-assistive-mml", "els => els.map(e => e.textContent).filter(t => t.includes('\\\\'))")
+    assert not raw, f"formulas that render with a literal backslash: {raw}"
+    errors_in_math = tab.eval_on_selector_all("mjx-merror", "els => els.map(e => e.getAttribute('data-mjx-error'))")
+    assert not errors_in_math, f"MathJax errors: {errors_in_math}"
     broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
     assert not broken, f"images that did not load: {broken}"
     sidebar = tab.inner_text("nav.bd-links")
