@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = ["get_num_threads", "set_num_threads", "threads", "split", "batch_head
 _num_threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
 _pool: ThreadPoolExecutor | None = None
 _blas = None  # threadpoolctl's controller, made on first use; False when it is not available
+_busy = threading.Lock()
 
 
 def _forget_pool_in_child() -> None:
@@ -78,13 +80,18 @@ def threads(size: int):
             _blas = False
         else:  # NumPy is loaded by now, so its BLAS is among the libraries found
             _blas = ThreadpoolController().select(user_api="blas") or False
-    if not _blas:
+    # One layer at a time holds the pool and the (process-wide) BLAS limit; a layer called meanwhile
+    # from another thread of the caller's runs serially, so the limits never interleave.
+    if not _blas or not _busy.acquire(blocking=False):
         yield None
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_num_threads, thread_name_prefix="mha")
-    with _blas.limit(limits=1, user_api="blas"):
-        yield lambda fn, items: list(_pool.map(fn, items))
+    try:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_num_threads, thread_name_prefix="mha")
+        with _blas.limit(limits=1, user_api="blas"):
+            yield lambda fn, items: list(_pool.map(fn, items))
+    finally:
+        _busy.release()
 
 
 def split(n: int, parts: int) -> list[slice]:

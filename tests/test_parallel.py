@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -151,3 +152,32 @@ def test_a_forked_child_gets_a_pool_of_its_own(threaded):
         child.kill()
     assert child.exitcode == 0, "the child hung or failed running a threaded forward"
     assert queue.get(timeout=5) == expected
+
+
+def test_layers_called_from_several_threads_at_once_agree_and_restore_the_blas(threaded):
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    m = mha.MultiHeadAttention(8, 2, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 6, 8)).astype(np.float32)
+    expected = m(x)
+    results, failures = [], []
+
+    def caller():
+        try:
+            for _ in range(20):
+                results.append(mha.MultiHeadAttention(8, 2, seed=0)(x))
+        except Exception as exc:  # reported below: an exception in a thread would otherwise vanish
+            failures.append(exc)
+
+    callers = [threading.Thread(target=caller) for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert not failures
+    assert len(results) == 60
+    for out in results:
+        np.testing.assert_array_equal(out, expected)
+    assert blas_threads() == before
