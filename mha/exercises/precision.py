@@ -7,12 +7,14 @@ and compares the result with a reference:
 - :func:`check_machine_epsilon`: ``machine_epsilon(dtype)``, the gap between
   1 and the next larger number of a NumPy float type, found by halving
   (``np.finfo(dtype).eps``); checked for float16, float32 and float64;
-- :func:`check_allclose`: ``allclose(a, b, atol, rtol)``, one bool, True
+- :func:`check_allclose`: ``allclose(a, b, rtol, atol)``, one bool, True
   when ``|a - b| <= atol + rtol * |b|`` holds for every element (finite
   inputs; ``b`` may broadcast against ``a``), as ``np.allclose`` decides;
-- :func:`check_tolerance_ratio`: ``tolerance_ratio(a, b, atol, rtol)``, the
+- :func:`check_tolerance_ratio`: ``tolerance_ratio(a, b, rtol, atol)``, the
   largest element-wise ``|a - b| / (atol + rtol * |b|)``: how many tolerances
   away the worst element is (at most 1 exactly when ``allclose`` is True).
+
+Both take the tolerances in ``np.allclose``'s order: ``rtol`` before ``atol``.
 
 ``COMMON_MISTAKES`` maps each check's name to a typical wrong answer; the
 test suite uses it to make sure every check can tell right from wrong.
@@ -58,44 +60,47 @@ def _machine_epsilon_in_python_floats(dtype):
 
 # --- allclose ------------------------------------------------------------------------------------
 
-def _allclose(a, b, atol, rtol):
+def _allclose(a, b, rtol, atol):
     return bool(np.all(np.abs(np.asarray(a) - np.asarray(b)) <= atol + rtol * np.abs(np.asarray(b))))
 
 
 def check_allclose(allclose):
-    """``allclose(a, b, atol, rtol)`` -> one bool, |a - b| <= atol + rtol * |b| for every element."""
+    """``allclose(a, b, rtol, atol)`` -> one bool, |a - b| <= atol + rtol * |b| for every element."""
     rng = _rng(3)
     b = rng.standard_normal((4, 5))
     big = rng.uniform(100, 200, 6).astype(np.float32)
-    cases = [
-        (b + 1e-7 * rng.standard_normal(b.shape), b, 1e-6, 0.0),             # atol alone: close
+    cases = [                                                                 # (a, b, rtol, atol)
+        (b + 1e-7 * rng.standard_normal(b.shape), b, 0.0, 1e-6),             # atol alone: close
         (b + 1e-3, b, 1e-5, 1e-5),                                            # far off
-        (np.nextafter(big, np.float32(np.inf)), big, 1e-5, 0.0),              # one float32 step near 150 > 1e-5
-        (np.nextafter(big, np.float32(np.inf)), big, 1e-5, 1e-6),             # ... a relative term allows it
-        (np.array([1e-9, 0.5]), np.array([0.0, 0.5]), 0.0, 1e-3),            # rtol alone fails at b = 0
-        (np.array([1.0, 2.0]), np.array([1.1, 2.0]), 0.0, 0.095),             # uses |b| (1.1): True
-        (np.array([1.1, 2.0]), np.array([1.0, 2.0]), 0.0, 0.095),             # uses |b| (1.0): False
-        (b + 2e-6, b, 1e-6, 1e-6),                                         # depends on |b| element by element
+        (np.nextafter(big, np.float32(np.inf)), big, 0.0, 1e-5),              # one float32 step near 150 > 1e-5
+        (np.nextafter(big, np.float32(np.inf)), big, 1e-6, 1e-5),             # ... a relative term allows it
+        (np.array([1e-9, 0.5]), np.array([0.0, 0.5]), 1e-3, 0.0),            # rtol alone fails at b = 0
+        (np.array([1.0, 2.0]), np.array([1.1, 2.0]), 0.095, 0.0),             # uses |b| (1.1): True
+        (np.array([1.1, 2.0]), np.array([1.0, 2.0]), 0.095, 0.0),             # uses |b| (1.0): False
+        (b + 2e-6, b, 1e-6, 1e-6),                                            # depends on |b| element by element
         (np.full((2, 3), 3.0 + 4e-6), np.float64(3.0), 1e-6, 1e-6),           # b broadcasts against a
+        (np.array([100.0]), np.array([100.0 + 5e-5]), 1e-6, 0.0),             # rtol 1e-6 at 100 allows 1e-4: True
+        (np.array([100.0]), np.array([100.0 + 5e-5]), 0.0, 1e-6),             # atol 1e-6 alone: False (order matters)
     ]
     return _check_function(allclose, _allclose, cases, name="allclose",
-                           hint="compare element by element, |a - b| <= atol + rtol * |b|, with the magnitude of "
-                                "b (the reference) only, not of a, then reduce with np.all(...) and return one bool.")
+                           hint="take the arguments in np.allclose's order, (a, b, rtol, atol); compare element by "
+                                "element, |a - b| <= atol + rtol * |b|, with the magnitude of b (the reference) only, "
+                                "not of a, then reduce with np.all(...) and return one bool.")
 
 
-def _allclose_scaled_by_a(a, b, atol, rtol):
+def _allclose_scaled_by_a(a, b, rtol, atol):
     return bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(a)))   # |a| instead of |b|
 
 
 # --- tolerance_ratio -----------------------------------------------------------------------------
 
-def _tolerance_ratio(a, b, atol, rtol):
+def _tolerance_ratio(a, b, rtol, atol):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b) / (atol + rtol * np.abs(b))))
 
 
 def check_tolerance_ratio(tolerance_ratio):
-    """``tolerance_ratio(a, b, atol, rtol)`` -> max over elements of |a - b| / (atol + rtol * |b|)."""
+    """``tolerance_ratio(a, b, rtol, atol)`` -> max over elements of |a - b| / (atol + rtol * |b|)."""
     rng = _rng(4)
     b1 = rng.standard_normal((8, 6))
     b2 = 100.0 * rng.standard_normal(50)
@@ -103,19 +108,21 @@ def check_tolerance_ratio(tolerance_ratio):
     a2 = b2 + 1e-4 * rng.standard_normal(50)                               # ... with the same absolute error
     b3 = rng.uniform(-1, 1, (3, 4, 5)).astype(np.float32)
     a3 = b3 + np.float32(1e-6) * rng.standard_normal((3, 4, 5)).astype(np.float32)
-    cases = [
-        (b1 + 2e-6 * rng.standard_normal(b1.shape), b1, 1e-5, 0.0),        # atol alone: |a - b|max / atol
-        (a2, b2, 1e-6, 1e-5),                                               # the worst element is a small one
+    cases = [                                                               # (a, b, rtol, atol)
+        (b1 + 2e-6 * rng.standard_normal(b1.shape), b1, 0.0, 1e-5),        # atol alone: |a - b|max / atol
+        (a2, b2, 1e-5, 1e-6),                                               # the worst element is a small one
         (a3, b3, 1e-6, 1e-6),                                               # float32 input
         (np.array([2.0, -3.0]), np.array([2.0, -3.0]), 1e-8, 1e-8),         # equal: 0
+        (b1 + 2e-6 * rng.standard_normal(b1.shape), b1, 1e-5, 0.0),        # rtol alone: atol comes second
     ]
     return _check_function(tolerance_ratio, _tolerance_ratio, cases, name="tolerance_ratio", atol=1e-5,
-                           hint="divide element by element, |a - b| / (atol + rtol * |b|), then take the maximum; "
+                           hint="take the arguments in np.allclose's order, (a, b, rtol, atol); divide element by "
+                                "element, |a - b| / (atol + rtol * |b|), then take the maximum; "
                                 "max|a - b| / (atol + rtol * max|b|) gives the large entries' allowance to the "
                                 "small ones.")
 
 
-def _tolerance_ratio_of_maxima(a, b, atol, rtol):
+def _tolerance_ratio_of_maxima(a, b, rtol, atol):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b)) / (atol + rtol * np.max(np.abs(b))))
 

@@ -114,6 +114,17 @@ def test_page_renders(page, base_url, browser):
     assert not raw, f"formulas that render with a literal backslash: {raw}"
     errors_in_math = tab.eval_on_selector_all("mjx-merror", "els => els.map(e => e.getAttribute('data-mjx-error'))")
     assert not errors_in_math, f"MathJax errors: {errors_in_math}"
+    # Readable at this window size: no formula runs past the article, no figure is shrunk so far that its
+    # labels become a few pixels high (a figure drawn wider than about 11 inches is).
+    too_wide = tab.eval_on_selector_all(
+        "div.math mjx-container",
+        "els => els.filter(e => e.querySelector('mjx-math').getBoundingClientRect().width > e.clientWidth + 1)"
+        ".map(e => `${Math.round(e.querySelector('mjx-math').getBoundingClientRect().width)} px in ${e.clientWidth} px`)")
+    assert not too_wide, f"display formulas wider than the article, cut at its edge (split them): {too_wide}"
+    shrunk = tab.eval_on_selector_all(
+        "article img", "imgs => imgs.filter(i => i.clientWidth > 0 && i.naturalWidth / i.clientWidth > 1.6)"
+                       ".map(i => `${i.naturalWidth} px shown at ${i.clientWidth} px`)")
+    assert not shrunk, f"figures shrunk more than 1.6 times, their text unreadable: {shrunk}"
     broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
     assert not broken, f"images that did not load: {broken}"
     sidebar = tab.inner_text("nav.bd-links")
