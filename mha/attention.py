@@ -14,7 +14,7 @@ import numpy as np
 
 from . import parallel
 from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed
-from .functional import attention_backward, attention_forward, sum_rows
+from .functional import sum_rows
 from .masks import merge_masks
 from .parallel import matmul_cols, matmul_rows
 
@@ -192,7 +192,7 @@ class MultiHeadAttention:
 
             # The heads go straight into the merged layout: concat (N, L, H, hd) seen as (N, H, L, hd).
             concat = np.empty((N, L, H, hd), dtype=self.dtype)
-            attn_caches = _attention_chunks(pmap, q, k, v, mask, out=concat.transpose(0, 2, 1, 3))
+            attn_caches = parallel.attention_chunks(pmap, q, k, v, mask, out=concat.transpose(0, 2, 1, 3))
             concat = concat.reshape(N * L, E)             # (N, L, H, hd) -> (N*L, E), no copy
             out = matmul_rows(pmap, concat, W_O, b_O).reshape(N, L, E)   # (N*L, E) -> (N, L, E)
         if not batched:
@@ -212,7 +212,7 @@ class MultiHeadAttention:
                            has_bias={n: b is not None for n, b in zip(BIAS_NAMES, (b_Q, b_K, b_V, b_O))})
         if not need_weights:
             return out
-        weights = _gather_weights(attn_caches, q.shape[:2])   # (N, H, L, S')
+        weights = parallel.gather_weights(attn_caches, q.shape[:2])   # (N, H, L, S')
         weights = weights.mean(axis=1) if average_attn_weights else weights.copy()
         return out, (weights if batched else weights[0])
 
@@ -256,9 +256,9 @@ class MultiHeadAttention:
         W_Q, W_K, W_V, W_O = c["params"]
         grads = {"W_O": matmul_cols(pmap, c["concat"].T, d_out2)}   # (E, N*L) @ (N*L, E)
         if c["has_bias"]["b_O"]:
-            grads["b_O"] = _sum_rows(pmap, d_out2)
+            grads["b_O"] = parallel.sum_rows(pmap, d_out2)
         d_heads = matmul_rows(pmap, d_out2, W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)  # (N*L, E) -> (N, H, L, hd)
-        dq, dk, dv = _attention_backward_chunks(pmap, d_heads, c["attn"])   # (N, H, L, hd), (N, H, S', hd) x 2
+        dq, dk, dv = parallel.attention_backward_chunks(pmap, d_heads, c["attn"])   # (N, H, L, hd), (N, H, S', hd) x 2
         dk, dv = dk[:, :, :S + c["bias_kv"]], dv[:, :, :S + c["bias_kv"]]   # the zero key has no parameter
         if c["bias_kv"]:
             grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(E)   # (N, H, hd) -> (H, hd) -> (E,)
@@ -272,10 +272,10 @@ class MultiHeadAttention:
             def put(i):
                 d_qkv[:, :, i] = (dq, dk, dv)[i].transpose(0, 2, 1, 3)   # (N, H, L, hd) -> (N, L, H, hd)
 
-            _run(pmap, put, range(3))
+            parallel.run(pmap, put, range(3))
             d_qkv = d_qkv.reshape(N * L, 3 * E)           # (N, L, 3, H, hd) -> (N*L, 3E), no copy
             d_w = matmul_cols(pmap, c["x_q"].T, d_qkv)    # (E, 3E): one matmul for the three weights
-            d_b = _sum_rows(pmap, d_qkv)
+            d_b = parallel.sum_rows(pmap, d_qkv)
             for i, tag in enumerate("QKV"):
                 grads["W_" + tag] = d_w[:, i * E:(i + 1) * E]
                 if c["has_bias"]["b_" + tag]:
@@ -288,7 +288,7 @@ class MultiHeadAttention:
             d2 = d.transpose(0, 2, 1, 3).reshape(N * T, E)   # (N, H, T, hd) -> (N, T, H, hd) -> (N*T, E)
             grads["W_" + tag] = matmul_cols(pmap, x.T, d2)
             if c["has_bias"]["b_" + tag]:
-                grads["b_" + tag] = _sum_rows(pmap, d2)
+                grads["b_" + tag] = parallel.sum_rows(pmap, d2)
             d_rows[tag] = matmul_rows(pmap, d2, W.T)      # (N*T, E) @ (E, in) -> (N*T, in)
         return grads, (d_rows["Q"], d_rows["K"], d_rows["V"])
 
@@ -310,70 +310,3 @@ def _cat_bias(*biases):
         return None
     return np.concatenate([np.zeros_like(next(x for x in biases if x is not None)) if b is None else b for b in biases])
 
-
-# --- the attention core, in (sequence, head) chunks that threads can share --------------------------
-
-def _run(pmap, fn, items) -> list:
-    """``[fn(item) for item in items]``, in the thread pool when there is one."""
-    return [fn(item) for item in items] if pmap is None else pmap(fn, list(items))
-
-
-def _chunk_of(mask, idx):
-    """The part of an additive mask, broadcastable to (N, H, L, S'), that chunk ``idx`` = (sequences, heads) sees."""
-    if mask is None:
-        return None
-    return mask[tuple(part if size > 1 else slice(None) for part, size in zip(idx, mask.shape))]
-
-
-def _attention_chunks(pmap, q, k, v, mask, out):
-    """Attention of every (sequence, head) chunk, written into ``out`` (N, H, L, hd); returns [(idx, cache)].
-
-    Each chunk's softmax and matmuls are exactly those of one call over the whole batch:
-    the chunks only decide which thread computes which heads.
-    """
-    N, H = q.shape[:2]
-    chunks = [(slice(None), slice(None))] if pmap is None else parallel.batch_head_chunks(N, H, 4 * parallel.get_num_threads())
-
-    def run(idx):
-        out[idx], cache = attention_forward(q[idx], k[idx], v[idx], _chunk_of(mask, idx))
-        return idx, cache
-
-    return _run(pmap, run, chunks)
-
-
-def _gather_weights(caches, batch_heads):
-    """The attention weights (N, H, L, S') of all chunks, as one array."""
-    if len(caches) == 1:
-        return caches[0][1]["weights"]
-    first = caches[0][1]["weights"]
-    weights = np.empty(tuple(batch_heads) + first.shape[2:], dtype=first.dtype)
-    for idx, cache in caches:
-        weights[idx] = cache["weights"]
-    return weights
-
-
-def _attention_backward_chunks(pmap, d_heads, caches):
-    """``(dq, dk, dv)`` of the whole batch from the chunks' caches; d_heads (N, H, L, hd)."""
-    if len(caches) == 1:                                  # one chunk covers the whole batch
-        return attention_backward(d_heads, caches[0][1])
-    N, H = d_heads.shape[:2]
-    first = caches[0][1]
-    dq = np.empty(d_heads.shape[:3] + first["q_scaled"].shape[3:], dtype=d_heads.dtype)   # (N, H, L, hd)
-    dk = np.empty((N, H) + first["k"].shape[2:], dtype=d_heads.dtype)                    # (N, H, S', hd)
-    dv = np.empty((N, H) + first["v"].shape[2:], dtype=d_heads.dtype)
-
-    def run(item):
-        idx, cache = item
-        dq[idx], dk[idx], dv[idx] = attention_backward(d_heads[idx], cache)
-
-    _run(pmap, run, caches)
-    return dq, dk, dv
-
-
-def _sum_rows(pmap, d):
-    """:func:`sum_rows` of d (R, C), the columns shared out (each column's sum is the same either way)."""
-    if pmap is None:
-        return sum_rows(d)
-    out = np.empty(d.shape[1], dtype=d.dtype)
-    pmap(lambda s: out.__setitem__(s, sum_rows(d[:, s])), parallel.split(d.shape[1], parallel.get_num_threads()))
-    return out

@@ -17,7 +17,7 @@ from test_torch_parity import CONSTRUCTOR, LAYOUTS, MASKS, _ids, check_case, mak
 from threadpoolctl import threadpool_info
 
 import mha
-import mha.attention
+import mha.functional
 from mha import parallel
 
 
@@ -28,8 +28,8 @@ def threaded(monkeypatch):
     before = parallel.get_num_threads()
     parallel.set_num_threads(2)
     calls = []
-    real = mha.attention.attention_forward
-    monkeypatch.setattr(mha.attention, "attention_forward", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    real = mha.functional.attention_forward
+    monkeypatch.setattr(mha.functional, "attention_forward", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     yield calls
     parallel.set_num_threads(before)
 
@@ -93,8 +93,8 @@ def test_the_seed_shape_takes_the_threads_by_default(monkeypatch):
     if parallel.get_num_threads() == 1:
         pytest.skip("this machine gives the process one core: mha runs serially")
     calls = []
-    real = mha.attention.attention_forward
-    monkeypatch.setattr(mha.attention, "attention_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = mha.functional.attention_forward
+    monkeypatch.setattr(mha.functional, "attention_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = np.random.default_rng(0).standard_normal((16, 256, 384)).astype(np.float32)
     mha.MultiHeadAttention(384, 6, seed=0)(x)
     assert len(calls) > 1
