@@ -26,7 +26,6 @@ line "CPU use by other processes" is flagged, others competed for the cores: rer
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import os
 import platform
@@ -36,6 +35,7 @@ import time
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_info
 
 import mha
 from mha.functional import _softmax_inplace, softmax_backward
@@ -67,37 +67,14 @@ def race(fns: dict, repeats: int, warmup: int, settle: int = SETTLE) -> dict:
     return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
-def openblas_probe() -> tuple:
-    """NumPy's OpenBLAS thread count and kernel name, asked of the loaded library itself (None if unknown)."""
-    try:
-        with open("/proc/self/maps") as f:
-            lib = ctypes.CDLL(next(line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line))
-    except (OSError, StopIteration):
-        return None, None
-
-    def ask(what, restype):
-        for name in (f"scipy_openblas_{what}64_", f"openblas_{what}64_", f"openblas_{what}"):
-            if hasattr(lib, name):
-                getattr(lib, name).restype = restype
-                return getattr(lib, name)()
-        return None
-
-    core = ask("get_corename", ctypes.c_char_p)
-    return ask("get_num_threads", ctypes.c_int), core.decode() if core else None
-
-
 def numpy_blas(threads: int) -> str:
     """What is known of NumPy's BLAS: library, thread count (read, not set), kernel."""
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    try:
-        from threadpoolctl import threadpool_info
-        pool = next((p for p in threadpool_info() if p["user_api"] == "blas" and "numpy" in p["filepath"]), {})
-        count, core, how = pool.get("num_threads"), pool.get("architecture"), "threadpoolctl"
-    except ImportError:
-        (count, core), how = openblas_probe(), "asked of OpenBLAS"
+    pool = next((p for p in threadpool_info() if p["user_api"] == "blas" and "numpy" in p["filepath"]), {})
+    count, core = pool.get("num_threads"), pool.get("architecture")
     env = "".join(f", {v}={os.environ[v]}" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if v in os.environ)
     warn = f"  <-- NOT torch's {threads}: set OPENBLAS_NUM_THREADS={threads}" if count and count != threads else ""
-    return f"{blas.get('name', '?')} {blas.get('version', '')}, {count or '?'} threads, kernel {core or '?'} ({how}{env}){warn}"
+    return f"{blas.get('name', '?')} {blas.get('version', '')}, {count or '?'} threads, kernel {core or '?'} (threadpoolctl{env}){warn}"
 
 
 def cpu_clock():

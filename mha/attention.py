@@ -171,7 +171,7 @@ class MultiHeadAttention:
         mask = merge_masks(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
                            batched=batched, N=N, H=H, L=L, S=S, extra_keys=extra_keys, dtype=self.dtype)
 
-        with parallel.threads(N * L * (E + H * S)) as pmap:   # None: serial
+        with parallel.threads(_work_size(N, L, S, E, H)) as pmap:   # None: serial
             x_q = q3.reshape(N * L, E)                    # (N, L, E) -> (N*L, E)
             if fused:
                 qkv = matmul_rows(pmap, x_q, np.concatenate([W_Q, W_K, W_V], axis=1), _cat_bias(b_Q, b_K, b_V))
@@ -234,7 +234,7 @@ class MultiHeadAttention:
             dout = dout[None]                             # (L, E) -> (1, L, E)
         elif not self.batch_first:
             dout = dout.transpose(1, 0, 2)                # (L, N, E) -> (N, L, E)
-        with parallel.threads(N * L * (E + self.num_heads * S)) as pmap:   # None: serial
+        with parallel.threads(_work_size(N, L, S, E, self.num_heads)) as pmap:   # None: serial
             grads, d_inputs = self._backward(pmap, dout.reshape(N * L, E))   # (N, L, E) -> (N*L, E)
         self._store_grads(grads)
 
@@ -296,12 +296,9 @@ class MultiHeadAttention:
         self.grads = {name: grads[name] for name in PARAMETER_NAMES if name in grads}
 
 
-def _linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """x @ W + b for x (rows, in), W (in, out), b (out,) or None."""
-    out = x @ W
-    if b is not None:
-        out += b
-    return out
+def _work_size(N, L, S, E, H) -> int:
+    """Elements a forward or backward touches: the projections (N, L, E) and the scores (N, H, L, S)."""
+    return N * L * (E + H * S)
 
 
 def _cat_bias(*biases):
@@ -309,4 +306,3 @@ def _cat_bias(*biases):
     if all(b is None for b in biases):
         return None
     return np.concatenate([np.zeros_like(next(x for x in biases if x is not None)) if b is None else b for b in biases])
-

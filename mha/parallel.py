@@ -111,6 +111,14 @@ def batch_head_chunks(N: int, H: int, parts: int) -> list[tuple[slice, slice]]:
     return [(slice(n, n + 1), h) for n in range(N) for h in split(H, -(-parts // N))]
 
 
+def _in_pieces(pmap, fn, n: int) -> None:
+    """``fn(s)`` for slices ``s`` covering ``range(n)``: one slice serially, one per thread in the pool."""
+    if pmap is None:
+        fn(slice(None))
+    else:
+        pmap(fn, split(n, _num_threads))
+
+
 def matmul_rows(pmap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """``a @ b + bias`` for a (R, K), b (K, C), bias (C,) or None, the rows of ``a`` shared out."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
@@ -120,19 +128,14 @@ def matmul_rows(pmap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = No
         if bias is not None:
             out[s] += bias
 
-    if pmap is None:
-        rows(slice(None))
-    else:
-        pmap(rows, split(a.shape[0], _num_threads))
+    _in_pieces(pmap, rows, a.shape[0])
     return out
 
 
 def matmul_cols(pmap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for a (R, K), b (K, C), the columns of ``b`` shared out (for weight gradients ``x.T @ d``)."""
-    if pmap is None:
-        return a @ b
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    pmap(lambda s: np.matmul(a, b[:, s], out=out[:, s]), split(b.shape[1], _num_threads))
+    _in_pieces(pmap, lambda s: np.matmul(a, b[:, s], out=out[:, s]), b.shape[1])
     return out
 
 
@@ -197,8 +200,6 @@ def attention_backward_chunks(pmap, d_heads, caches):
 
 def sum_rows(pmap, d):
     """:func:`mha.functional.sum_rows` of d (R, C), the columns shared out (each column's sum is the same either way)."""
-    if pmap is None:
-        return functional.sum_rows(d)
     out = np.empty(d.shape[1], dtype=d.dtype)
-    pmap(lambda s: out.__setitem__(s, functional.sum_rows(d[:, s])), split(d.shape[1], _num_threads))
+    _in_pieces(pmap, lambda s: out.__setitem__(s, functional.sum_rows(d[:, s])), d.shape[1])
     return out

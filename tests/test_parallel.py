@@ -34,6 +34,10 @@ def threaded(monkeypatch):
     parallel.set_num_threads(before)
 
 
+def blas_threads():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
 def _run(m, q, k, v, grad_seed=0, **kwargs):
     """Everything a forward and backward produce: output, weights, input gradients, parameter gradients."""
     if k is None:
@@ -101,9 +105,6 @@ def test_the_seed_shape_takes_the_threads_by_default(monkeypatch):
 
 
 def test_the_blas_thread_count_is_restored_after_forward_and_backward(threaded):
-    def blas_threads():
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-
     before = blas_threads()
     m = mha.MultiHeadAttention(8, 2, seed=0)
     m.backward(m(np.ones((2, 3, 8), np.float32)))
@@ -155,9 +156,6 @@ def test_a_forked_child_gets_a_pool_of_its_own(threaded):
 
 
 def test_layers_called_from_several_threads_at_once_agree_and_restore_the_blas(threaded):
-    def blas_threads():
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-
     before = blas_threads()
     m = mha.MultiHeadAttention(8, 2, seed=0)
     x = np.random.default_rng(0).standard_normal((4, 6, 8)).astype(np.float32)
