@@ -163,8 +163,57 @@ def _input_eps(actual, expected) -> float:
     return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
 
 
+def _check_limit(name: str, value, *, positive: bool) -> None:
+    """``tol``, ``vmin``, ``vmax``: None, or a finite number (above zero where a log scale needs it)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value}")
+
+
+def _heatmap_diff(actual, expected) -> tuple[np.ndarray, bool]:
+    """|actual - expected| as the 2-D array a heatmap draws, and whether leading axes were reduced (max)."""
+    diff = _abs_diff(actual, expected)
+    if diff.ndim == 1:
+        return diff[np.newaxis, :], False
+    if diff.ndim > 2:
+        return diff.reshape(-1, *diff.shape[-2:]).max(axis=0), True
+    return diff, False
+
+
+def _colour_range(diffs, eps: float, *, log: bool, tol) -> tuple[float, float]:
+    """(vmin, vmax) that shows every difference in ``diffs`` and keeps the ``tol`` marker on the bar."""
+    finite = np.concatenate([d[np.isfinite(d)].ravel() for d in diffs])
+    if log:
+        positive = finite[finite > 0]
+        low = float(positive.min()) if positive.size else eps
+        high = float(positive.max()) if positive.size else low
+        if tol is not None:
+            low, high = min(low, tol / 2), max(high, tol * 2)
+        return low, high
+    high = float(finite.max()) if finite.size else 0.0
+    return 0.0, high if tol is None else max(high, tol * 1.05)
+
+
+def error_range(*pairs, log=True, tol=None) -> dict:
+    """One colour range for several error heatmaps: ``{"vmin": .., "vmax": ..}``.
+
+    ``pairs`` are the ``(actual, expected)`` pairs of the panels; pass the result
+    on, ``error_heatmap(actual, expected, **scale)``, so that one colour means
+    one size of error in every panel. ``log`` and ``tol`` as in :func:`error_heatmap`.
+    """
+    if not pairs:
+        raise ValueError("error_range needs at least one (actual, expected) pair")
+    _check_limit("tol", tol, positive=True)
+    diffs = [_heatmap_diff(actual, expected)[0] for actual, expected in pairs]
+    low, high = _colour_range(diffs, _input_eps(*pairs[0]), log=log, tol=tol)
+    return {"vmin": low, "vmax": high}
+
+
 def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
-                  ylabel="token", log=True, cmap="magma", tol=None):
+                  ylabel="token", log=True, cmap="magma", tol=None, vmin=None, vmax=None):
     """Draw ``|actual - expected|`` element-wise, computed in float64.
 
     Both inputs have the same shape. 1-D input of shape (N,) is drawn as one
@@ -174,41 +223,29 @@ def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
     With ``log=True`` the colours use a log scale; exact zeros are drawn in
     the bottom colour of the bar (the smallest positive difference, or the
     inputs' machine epsilon when everything matches exactly). ``tol`` is marked on the colour bar, whose
-    range is widened if needed so the marker is visible. The title reports
-    the maximum difference.
+    range is widened if needed so the marker is visible. ``vmin``/``vmax``
+    set the colour range instead: :func:`error_range` gives several panels
+    one scale. The title reports the maximum difference.
 
     Returns ``(fig, ax)``.
     """
-    diff = _abs_diff(actual, expected)
+    diff, reduced = _heatmap_diff(actual, expected)
     max_diff = float(np.max(diff))  # NaN if any entry is NaN, which is worth seeing
-    if tol is not None:
-        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)):
-            raise TypeError(f"tol must be a number, got {type(tol).__name__}")
-        if not (np.isfinite(tol) and tol > 0):
-            raise ValueError(f"tol must be a positive finite number, got {tol}")
-    reduced = diff.ndim > 2
-    if diff.ndim == 1:
-        diff = diff[np.newaxis, :]
-    elif reduced:
-        diff = diff.reshape(-1, *diff.shape[-2:]).max(axis=0)
-
-    finite = diff[np.isfinite(diff)]
+    _check_limit("tol", tol, positive=True)
+    _check_limit("vmin", vmin, positive=log)
+    _check_limit("vmax", vmax, positive=log)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise ValueError(f"vmin must be below vmax, got vmin={vmin} and vmax={vmax}")
+    low, high = _colour_range([diff], _input_eps(actual, expected), log=log, tol=tol)
+    low, high = (low if vmin is None else float(vmin)), (high if vmax is None else float(vmax))
     if log:
-        positive = finite[finite > 0]
-        low = float(positive.min()) if positive.size else _input_eps(actual, expected)
-        high = float(positive.max()) if positive.size else low
-        if tol is not None:  # keep the tolerance marker inside the colour bar
-            low, high = min(low, tol / 2), max(high, tol * 2)
         if high <= low:
             high = low * 10
         shown = np.where(diff == 0, low, diff)   # exact zeros take the bottom colour of the bar
         norm = LogNorm(vmin=low, vmax=high)
     else:
         shown = diff
-        high = float(finite.max()) if finite.size else 0.0
-        if tol is not None:
-            high = max(high, tol * 1.05)
-        norm = Normalize(vmin=0.0, vmax=high if high > 0 else 1.0)
+        norm = Normalize(vmin=low, vmax=high if high > low else low + 1.0)
 
     rows, cols = shown.shape
     if ax is None:

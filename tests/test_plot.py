@@ -1,5 +1,7 @@
 """Tests for mha.plot: the figures draw the right data and never call plt.show()."""
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -263,6 +265,40 @@ def test_error_heatmap_tolerance_marker():
     assert ax2.images[0].norm.vmin < 1.0 < ax2.images[0].norm.vmax
     _, ax3 = plot.error_heatmap(a, np.zeros_like(a), tol=1.0, log=False)
     assert ax3.images[0].norm.vmin == 0.0 and 1.0 < ax3.images[0].norm.vmax
+
+
+def test_error_heatmap_shared_range_puts_panels_on_one_scale():
+    small, large = np.array([[0.0, 1e-7, 1e-6]]), np.array([[1e-3, 1e-1, 0.0]])
+    _, ax_small = plot.error_heatmap(small, np.zeros_like(small), vmin=1e-8, vmax=1.0)
+    _, ax_large = plot.error_heatmap(large, np.zeros_like(large), vmin=1e-8, vmax=1.0, tol=1e-5)
+    for ax in (ax_small, ax_large):
+        assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (1e-8, 1.0)
+    np.testing.assert_array_equal(ax_small.images[0].get_array(), [[1e-8, 1e-7, 1e-6]])   # zeros at vmin
+    _, ax_lin = plot.error_heatmap(large, np.zeros_like(large), log=False, vmax=0.5)
+    assert (ax_lin.images[0].norm.vmin, ax_lin.images[0].norm.vmax) == (0.0, 0.5)
+
+
+def test_error_range_spans_every_panel_as_the_heatmap_draws_it():
+    small, large = np.array([[0.0, 1e-7, 1e-6]]), np.array([[[1e-3, 1e-1, 0.0]], [[2e-3, 0.5, 0.0]]])
+    scale = plot.error_range((small, np.zeros_like(small)), (large, np.zeros_like(large)))
+    assert scale == {"vmin": 1e-7, "vmax": 0.5}
+    assert plot.error_range((small, np.zeros_like(small)), tol=1e-5) == {"vmin": 1e-7, "vmax": 2e-5}
+    assert plot.error_range((large, np.zeros_like(large)), log=False) == {"vmin": 0.0, "vmax": 0.5}
+    _, ax = plot.error_heatmap(small, np.zeros_like(small), **scale)
+    assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (1e-7, 0.5)
+    with pytest.raises(ValueError, match="error_range needs at least one"):
+        plot.error_range()
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"vmin": 0.0}, ValueError, "vmin must be a positive finite number, got 0.0"),
+    ({"vmax": float("inf")}, ValueError, "vmax must be a positive finite number, got inf"),
+    ({"vmin": "1e-8"}, TypeError, "vmin must be a number, got str"),
+    ({"vmin": 1.0, "vmax": 1e-3}, ValueError, "vmin must be below vmax, got vmin=1.0 and vmax=0.001"),
+])
+def test_error_heatmap_refuses_a_bad_range(kwargs, exc, match):
+    with pytest.raises(exc, match=re.escape(match)):
+        plot.error_heatmap(np.ones((2, 2)), np.zeros((2, 2)), **kwargs)
 
 
 def test_error_heatmap_nan_difference_is_reported_not_crashing():
