@@ -101,7 +101,6 @@ def test_page_renders(page, base_url, browser):
     tab.on("response", lambda res: failed.append(f"{res.status} {res.url}") if res.status >= 400 else None)
     tab.goto(f"{base_url}/{page}.html", wait_until="load")
     tab.evaluate("() => window.MathJax?.startup?.promise ?? null")   # MathJax typesets after load: wait for it
-    tab.wait_for_timeout(300)
 
     assert TITLES[page] in tab.title(), f"title {tab.title()!r} lacks {TITLES[page]!r}"
     article = tab.inner_text("article")
