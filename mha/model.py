@@ -24,6 +24,7 @@ import numpy as np
 from ._checks import float_dtype, positive_int, rng_from_seed
 from .attention import MultiHeadAttention
 from .functional import attention_backward, attention_forward
+from .positional import apply_rope, apply_rope_backward, rope_frequencies, sinusoidal_encoding
 
 __all__ = ["TinyTransformer", "POSITIONAL"]
 
@@ -57,7 +58,6 @@ class TinyTransformer:
         self.embedding = rng.standard_normal((V, E)).astype(self.dtype)      # like nn.Embedding: N(0, 1)
         self.position = None
         if positional == "sinusoidal":
-            from .positional import sinusoidal_encoding
             self.encoding = np.asarray(sinusoidal_encoding(L, E), dtype=self.dtype)   # fixed, not trained
         elif positional == "learned":
             self.encoding = None
@@ -68,6 +68,9 @@ class TinyTransformer:
         bound = 1.0 / math.sqrt(E)                                          # like nn.Linear's default
         self.W_out = rng.uniform(-bound, bound, (V, E)).T.astype(self.dtype)   # drawn (out, in), kept (in, out)
         self.b_out = rng.uniform(-bound, bound, V).astype(self.dtype)
+        self.rope = None
+        if positional == "rope":                          # the (cos, sin) tables, (L, hd) each
+            self.rope = rope_frequencies(E // self.num_heads, L, dtype=self.dtype)
         self._cache = None
 
     def __repr__(self):
@@ -158,7 +161,6 @@ class TinyTransformer:
 
     def _rope_attention(self, layer, h):
         """``layer``'s attention with queries and keys rotated by position: ``(out, cache)``."""
-        from .positional import apply_rope
         N, L, E = h.shape
         H, hd = layer.num_heads, layer.head_dim
         x2 = h.reshape(N * L, E)                          # (N, L, E) -> (N*L, E)
@@ -167,21 +169,21 @@ class TinyTransformer:
             return (x2 @ W + b).reshape(N, L, H, hd).transpose(0, 2, 1, 3)
 
         q, k, v = heads(layer.W_Q, layer.b_Q), heads(layer.W_K, layer.b_K), heads(layer.W_V, layer.b_V)
-        out, attn = attention_forward(apply_rope(q), apply_rope(k), v)   # (N, H, L, hd)
+        out, attn = attention_forward(apply_rope(q, freqs=self.rope), apply_rope(k, freqs=self.rope), v)   # (N, H, L, hd)
         concat = out.transpose(0, 2, 1, 3).reshape(N * L, E)   # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
         a = (concat @ layer.W_O + layer.b_O).reshape(N, L, E)
         return a, dict(x2=x2, attn=attn, concat=concat, shape=(N, L, E))
 
     def _rope_attention_backward(self, layer, dout, cache):
         """Gradients of :meth:`_rope_attention`: ``(d_input, {name: gradient})``."""
-        from .positional import apply_rope_backward
         N, L, E = cache["shape"]
         H, hd = layer.num_heads, layer.head_dim
         d2 = dout.reshape(N * L, E)                       # (N, L, E) -> (N*L, E)
         grads = {"W_O": cache["concat"].T @ d2, "b_O": d2.sum(axis=0)}
         d_heads = (d2 @ layer.W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)   # -> (N, H, L, hd)
         dq, dk, dv = attention_backward(d_heads, cache["attn"])
-        dq, dk = apply_rope_backward(dq), apply_rope_backward(dk)   # undo the rotation: rotate back
+        dq = apply_rope_backward(dq, freqs=self.rope)     # the rotation's transpose: rotate back
+        dk = apply_rope_backward(dk, freqs=self.rope)
         dx = np.zeros_like(cache["x2"])
         for tag, d in (("Q", dq), ("K", dk), ("V", dv)):
             d = d.transpose(0, 2, 1, 3).reshape(N * L, E)   # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
@@ -257,11 +259,8 @@ def _twin_class():
                 self.readout.weight.copy_(torch.tensor(model.W_out.T))   # (in, out) -> torch's (out, in)
                 self.readout.bias.copy_(torch.tensor(model.b_out))
             if self.positional == "rope":
-                from .positional import rope_frequencies
-                hd = model.d_model // model.num_heads
-                cos, sin = rope_frequencies(hd, model.seq_len)
-                self.register_buffer("rope_cos", torch.tensor(cos, dtype=dt))
-                self.register_buffer("rope_sin", torch.tensor(sin, dtype=dt))
+                self.register_buffer("rope_cos", torch.tensor(model.rope[0]))
+                self.register_buffer("rope_sin", torch.tensor(model.rope[1]))
 
         def forward(self, tokens):
             h = self.embedding[tokens]                    # (N, L) -> (N, L, E)

@@ -81,8 +81,9 @@ def accuracy(logits: np.ndarray, targets: np.ndarray, *, per_position: bool = Fa
     """Share of scored positions whose largest logit is the target (per position: an (L,) array)."""
     scored = targets != IGNORE
     right = (np.asarray(logits).argmax(axis=-1) == targets) & scored
-    if per_position:
-        return right.sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
+    if per_position:                                      # NaN where no position is scored
+        with np.errstate(invalid="ignore"):
+            return right.sum(axis=0) / scored.sum(axis=0)
     return float(right.sum() / scored.sum())
 
 
@@ -92,7 +93,12 @@ class History:
 
     loss: np.ndarray
     torch_loss: np.ndarray | None = None
-    max_param_diff: np.ndarray | None = None
+    param_diff: dict[str, np.ndarray] | None = None     # name -> max |NumPy - torch| after each step
+
+    @property
+    def max_param_diff(self) -> np.ndarray:
+        """After each step, the largest |NumPy - torch| over all parameters."""
+        return np.max(np.stack(list(self.param_diff.values())), axis=0)
 
 
 def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: float = 3e-3, seed=0,
@@ -103,7 +109,7 @@ def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: floa
     ``held_out``, so two calls with the same seed see the same batches. With
     ``twin`` (``model.to_torch()``, made before training) torch trains it in
     step on the same batches; the history then holds its losses and, after
-    every step, the largest |parameter difference|. ``progress``: a progress
+    every step, the largest |difference| of each parameter. ``progress``: a progress
     bar (tqdm, on stderr); None shows it only where a person watches.
     """
     steps = positive_int(steps, "steps")
@@ -116,8 +122,8 @@ def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: floa
 
         from .model import from_torch
         torch_optimizer = torch.optim.Adam(twin.parameters(), lr=lr)
-        torch_losses, diffs = np.empty(steps), np.empty(steps)
-        names = list(model.parameters())
+        torch_losses = np.empty(steps)
+        diffs = {name: np.empty(steps) for name in model.parameters()}
     for step in _progress(range(steps), progress, desc=f"training ({task.kind})"):
         tokens, targets = task.sample(batch_size, rng, exclude=held_out)
         logits = model(tokens)
@@ -133,8 +139,9 @@ def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: floa
             torch_loss.backward()
             torch_optimizer.step()
             torch_losses[step] = torch_loss.item()
-            theirs, ours = from_torch(twin), model.parameters()
-            diffs[step] = max(float(np.max(np.abs(ours[n] - theirs[n]))) for n in names)
+            theirs = from_torch(twin)
+            for name, p in model.parameters().items():
+                diffs[name][step] = np.max(np.abs(p - theirs[name]))
     if twin is None:
         return History(losses)
     return History(losses, torch_losses, diffs)
@@ -162,7 +169,7 @@ def _progress(iterable, show: bool | None, desc: str):
     if not show:
         return iterable
     try:
-        from tqdm.std import tqdm                          # the text bar: no widget library needed
+        from tqdm.std import tqdm  # the text bar: no widget library needed
     except ImportError:                                   # tqdm is optional: train without a bar
         return iterable
     return tqdm(iterable, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)
