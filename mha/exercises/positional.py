@@ -86,8 +86,8 @@ _WHAT_IT_LOOKS_LIKE = {
                     "alone (horizontal bands)",
     "keys rotated backwards": "the score would depend on i + j: constant along the anti-diagonals, "
                               "because the query's angle and the key's angle add up instead of cancelling",
-    "values rotated": "the scores would be those of no rotation at all (values never enter the scores), "
-                      "every entry the same",
+    "values rotated": "the scores would be those of a correct RoPE, constant along the diagonals i - j: "
+                      "values never enter the scores, only the outputs would be turned",
     "interleaved pairs": "the scores would still depend on i - j alone (the same diagonal stripes as the "
                          "correct RoPE, with other values): a different pairing is still a valid RoPE",
 }
