@@ -14,11 +14,12 @@ outputs are permuted the same way. Two ways to tell it the order:
 Pairing. Both use frequencies ``theta_i = base ** (-2 i / D)`` for
 ``i = 0 .. D/2 - 1``. The sinusoidal encoding interleaves, as the paper
 writes it: ``PE[p, 2i] = sin(p theta_i)``, ``PE[p, 2i+1] = cos(p theta_i)``.
-RoPE here uses the **"rotate half"** pairing of GPT-NeoX and Llama (Hugging
-Face ``rotate_half``): feature ``i`` is rotated together with feature
-``i + D/2``. The RoFormer paper pairs neighbours ``(2i, 2i+1)`` instead; the
-two differ by a fixed permutation of the features, which trained projection
-weights absorb, but weights trained with one do not work with the other.
+RoPE here uses the **"rotate half"** pairing of GPT-NeoX and of Hugging Face's
+Llama (its ``rotate_half``): feature ``i`` is rotated together with feature
+``i + D/2``. The RoFormer paper (and GPT-J, and Meta's original Llama code)
+pairs neighbours ``(2i, 2i+1)`` instead; the two differ by a fixed permutation
+of the features, which trained projection weights absorb, but weights trained
+with one do not work with the other.
 
 Shapes: ``L`` positions, ``D`` = ``d_model`` or ``head_dim``, ``P`` the
 number of positions a table covers, ``...`` any leading (batch, head) axes.

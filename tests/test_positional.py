@@ -193,6 +193,9 @@ def test_freqs_argument_gives_the_same_result():
     freqs = rope_frequencies(8, 64, dtype=np.float32)
     np.testing.assert_array_equal(apply_rope(x, freqs=freqs), apply_rope(x))
     np.testing.assert_array_equal(apply_rope(x, np.arange(5) + 50, freqs=freqs), apply_rope(x, np.arange(5) + 50))
+    wide = apply_rope(x, freqs=rope_frequencies(8, 64))                 # float64 tables, float32 x
+    assert wide.dtype == np.float32
+    np.testing.assert_allclose(wide, apply_rope(x), rtol=0, atol=1e-6)
 
 
 # --- apply_rope backward -------------------------------------------------------------------------
