@@ -94,8 +94,8 @@ def check_diagnosis(diagnosis):
         print(f"Not quite: diagnosis() must return one of {ADAM_BUGS}, got {answer!r}.")
         return False
     if answer != ADAM_BUGS[0]:
-        print(f"Not quite: with {answer!r} the ratio would not start at (1 - beta1) / sqrt(1 - beta2) "
-              "and fall to 1. Hint: which factor is largest at t = 1 and fades as beta^t -> 0?")
+        print(f"Not quite: {answer!r} does not explain the ratios above. Hint: work out the first "
+              "step (t = 1, m and v start at zero) for each suspect; which one gives 3.16?")
         return False
     print("Correct: without the bias corrections the first step is (1 - beta1) / sqrt(1 - beta2) = 3.16 "
           "times too large, and the error fades as beta1^t and beta2^t go to zero.")
