@@ -184,3 +184,16 @@ def test_progress_is_off_where_nobody_watches(capsys):
     assert watched() is False                             # pytest captures stderr: not a terminal
     fit(TinyTransformer(V, L), SequenceTask("reverse", L, V), steps=2)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_shows_where_a_front_end_accepts_input(monkeypatch, capsys):
+    import types
+
+    kernel = types.SimpleNamespace(_allow_stdin=True)      # JupyterLab, Colab, VS Code
+    shell = types.SimpleNamespace(kernel=kernel)
+    monkeypatch.setitem(__import__("sys").modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert watched() is True
+    kernel._allow_stdin = False                           # nbval, jupyter execute, Jupyter Book
+    assert watched() is False
+    fit(TinyTransformer(V, L), SequenceTask("reverse", L, V), steps=2, progress=True)
+    assert "training (reverse)" in capsys.readouterr().err   # asked for explicitly: shown
