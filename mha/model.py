@@ -169,7 +169,8 @@ class TinyTransformer:
             return (x2 @ W + b).reshape(N, L, H, hd).transpose(0, 2, 1, 3)
 
         q, k, v = heads(layer.W_Q, layer.b_Q), heads(layer.W_K, layer.b_K), heads(layer.W_V, layer.b_V)
-        out, attn = attention_forward(apply_rope(q, freqs=self.rope), apply_rope(k, freqs=self.rope), v)   # (N, H, L, hd)
+        q, k = apply_rope(q, freqs=self.rope), apply_rope(k, freqs=self.rope)   # the one new step
+        out, attn = attention_forward(q, k, v)            # (N, H, L, hd)
         concat = out.transpose(0, 2, 1, 3).reshape(N * L, E)   # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
         a = (concat @ layer.W_O + layer.b_O).reshape(N, L, E)
         return a, dict(x2=x2, attn=attn, concat=concat, shape=(N, L, E))
