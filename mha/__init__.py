@@ -10,11 +10,15 @@ The one implementation that every chapter of the book imports:
   :func:`create_matching_mha`, :func:`analyze_weight_differences`,
   :func:`to_pytorch`, :func:`torch_state_dict` (``mha.torch_bridge``; torch is imported lazily)
 - :class:`SequentialMHA`, one module per head, and its conversions (``mha.sequential``, ``mha.convert``)
+- ``mha.positional``: sinusoidal positional encoding and RoPE, forward and backward
+- training: ``mha.losses`` (cross-entropy and its backward), ``mha.optim`` (Adam),
+  ``mha.model`` (the tiny model and its torch twin), ``mha.train`` (tasks, the loop, accuracy)
 - ``mha.plot`` for the book's figures (imported on first use, so matplotlib is not needed to compute)
 - :func:`report_match`, :func:`max_abs_diff`: printed verdicts that are the same on every machine
 - ``mha.exercises``: the check cells of the book's exercises
 """
 
+from . import losses, model, optim, positional, train
 from .attention import MultiHeadAttention
 from .convert import fused_to_sequential, sequential_to_fused
 from .functional import scaled_dot_product_attention, softmax
@@ -46,6 +50,11 @@ __all__ = [
     "torch_state_dict",
     "max_abs_diff",
     "report_match",
+    "positional",
+    "losses",
+    "optim",
+    "model",
+    "train",
     "plot",
     "exercises",
 ]

@@ -33,7 +33,10 @@ def _exercises():
             match = CHECK_CALL.search(_source(cell)) if cell["cell_type"] == "code" else None
             if match:
                 task = next(_source(c) for c in reversed(cells[:i - 1]) if c["cell_type"] == "markdown")
-                solution = SOLUTION.search(task)
+                # the reference solution: in the task above the exercise, or (the newer layout) in the
+                # markdown cell right after the check cell
+                after = cells[i + 1] if i + 1 < len(cells) and cells[i + 1]["cell_type"] == "markdown" else None
+                solution = SOLUTION.search(task) or (after and SOLUTION.search(_source(after)))
                 found.append(pytest.param(match.groups(), _source(cells[i - 1]), solution and solution.group(1),
                                           id=f"{path.stem}-{match.group(2)}"))
     return found
