@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..attention import MultiHeadAttention
-from ..functional import merge_heads, softmax, split_heads
+from ..functional import softmax, split_heads
 from ._core import check_function as _check_function
 from ._naming import check_name, check_prediction
 

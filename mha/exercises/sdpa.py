@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional import causal_mask, softmax, scaled_dot_product_attention
+from ..functional import causal_mask, scaled_dot_product_attention, softmax
 from ._core import check_function as _check_function
 from ._naming import check_name, check_prediction
 
