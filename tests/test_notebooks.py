@@ -120,3 +120,15 @@ def test_every_code_and_printed_line_fits_the_rendered_cell(path):
         too_wide += [f"cell {number} output ({len(line)}): {line[:60]}..."
                      for line in _printed_lines(cell) if len(line) > WIDTH]
     assert not too_wide, f"{len(too_wide)} lines wider than {WIDTH} characters:\n" + "\n".join(too_wide)
+
+
+FENCE_WIDTH = 80   # a code block in a markdown cell (a dropdown's solution) is narrower: ~84 fit
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_code_line_in_markdown_fits_its_block(path):
+    too_wide = [f"cell {number} ({len(line)}): {line[:60]}..."
+                for number, cell in enumerate(_cells(path)) if cell["cell_type"] == "markdown"
+                for block in re.findall(r"```[^\n]*\n(.*?)```", _source(cell), re.S)
+                for line in block.splitlines() if len(line) > FENCE_WIDTH]
+    assert not too_wide, f"{len(too_wide)} lines wider than {FENCE_WIDTH} characters:\n" + "\n".join(too_wide)

@@ -101,6 +101,8 @@ def test_page_renders(page, base_url, browser):
     tab.on("response", lambda res: failed.append(f"{res.status} {res.url}") if res.status >= 400 else None)
     tab.goto(f"{base_url}/{page}.html", wait_until="load")
     tab.evaluate("() => window.MathJax?.startup?.promise ?? null")   # MathJax typesets after load: wait for it
+    height = tab.evaluate("() => document.documentElement.scrollHeight")
+    print(f"{page}: rendered page height {height} px")   # pytest -s shows it (issue 9 records it)
 
     assert TITLES[page] in tab.title(), f"title {tab.title()!r} lacks {TITLES[page]!r}"
     article = tab.inner_text("article")
@@ -146,7 +148,5 @@ def test_page_renders(page, base_url, browser):
         "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
         ".map(e => `${e.scrollWidth} px in ${e.clientWidth} px: ${e.textContent.trim().slice(0, 50)}`)")
     assert not scrolling, f"code or output blocks that scroll sideways (lines > 88 characters): {scrolling}"
-    height = tab.evaluate("() => document.documentElement.scrollHeight")
-    print(f"{page}: rendered page height {height} px")   # pytest -s shows it: the issue 9 table records it
     tab.screenshot(path=str(SHOTS / f"{page.replace('/', '_')}.png"), full_page=True)
     context.close()
