@@ -3,7 +3,7 @@
 A test module that imports torch cannot be collected there. Instead of an error (or a silent
 ignore), its collection is reported as skipped, with the reason "needs torch", so the summary
 (`-rs`) names every module left out and everything else runs. Any other import error still fails.
-Use: `python -m pytest -p tools.torchless ...` from the repository root.
+Use: `PYTHONPATH=tools python -m pytest -p torchless ...`.
 """
 
 from __future__ import annotations
