@@ -2,7 +2,10 @@
 
 The one implementation that every chapter of the book imports:
 
-- :func:`softmax`, :func:`scaled_dot_product_attention` (``mha.functional``)
+- ``mha.functional``, the book's building blocks, each forward beside its backward: :func:`linear`,
+  :func:`split_heads`, :func:`merge_heads`, :func:`softmax`, :func:`scaled_dot_product_attention`,
+  :func:`attention_weights`
+- ``mha.analysis``: measuring attention maps (entropy, top-k keys, sparsity, comparing two maps)
 - :class:`MultiHeadAttention`, ``nn.MultiheadAttention``'s eval-mode semantics (``mha.attention``);
   on large inputs it shares its work among threads (``mha.parallel``; ``mha.parallel.set_num_threads(1)``
   runs the plain serial code, with the same results)
@@ -18,10 +21,10 @@ The one implementation that every chapter of the book imports:
 - ``mha.exercises``: the check cells of the book's exercises
 """
 
-from . import losses, model, optim, positional, train
+from . import analysis, functional, losses, model, optim, positional, train
 from .attention import MultiHeadAttention
 from .convert import fused_to_sequential, sequential_to_fused
-from .functional import scaled_dot_product_attention, softmax
+from .functional import attention_weights, linear, merge_heads, scaled_dot_product_attention, softmax, split_heads
 from .sequential import SequentialMHA
 from .torch_bridge import (
     analyze_weight_differences,
@@ -36,7 +39,11 @@ from .verify import max_abs_diff, report_match
 __version__ = "0.1.0"
 
 __all__ = [
+    "linear",
+    "split_heads",
+    "merge_heads",
     "softmax",
+    "attention_weights",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
     "SequentialMHA",
@@ -50,6 +57,8 @@ __all__ = [
     "torch_state_dict",
     "max_abs_diff",
     "report_match",
+    "functional",
+    "analysis",
     "positional",
     "losses",
     "optim",

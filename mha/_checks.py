@@ -91,3 +91,70 @@ def shape_is(arr: np.ndarray, expected: tuple, name: str, what: str = "") -> Non
     if arr.shape != tuple(expected):
         extra = f" {what}" if what else ""
         raise ValueError(f"{name} must have shape {tuple(expected)}{extra}, got {arr.shape}")
+
+
+def linear_arguments(x, W, b):
+    """Checks of :func:`mha.functional.linear`: x (..., in), W (in, out), b (out,) or None."""
+    x = as_float_array(x, "x")
+    W = as_float_array(W, "W", x.dtype)
+    if W.ndim != 2 or x.ndim < 1 or x.shape[-1] != W.shape[0]:
+        raise ValueError(f"W must have shape (in, out) with in = x's last axis, got x {x.shape} and W {W.shape}"
+                         " (torch's weight is (out, in): pass its transpose)")
+    if b is not None:
+        b = as_float_array(b, "b", x.dtype)
+        if b.shape != (W.shape[1],):
+            raise ValueError(f"b must have shape ({W.shape[1]},) (W's out axis), got {b.shape}")
+    return x, W, b
+
+
+def sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa):
+    """Checks of scaled_dot_product_attention's arguments; returns ``query, key, value, attn_mask`` as arrays.
+
+    ``value=None`` (for ``attention_weights``) skips the value checks.
+    """
+    query = as_float_array(query, "query")
+    key = as_float_array(key, "key", query.dtype)
+    arrays = {"query": query, "key": key}
+    if value is not None:
+        arrays["value"] = value = as_float_array(value, "value", query.dtype)
+    for name, arr in arrays.items():
+        if arr.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions (..., seq_len, features), got shape {arr.shape}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query and key must have the same last dimension E, got query {query.shape} and key {key.shape}")
+    if value is not None and key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"key and value must have the same sequence length S, got key {key.shape} and value {value.shape}")
+    if 0 in (query.shape[-2], key.shape[-2]):
+        raise ValueError(f"query and key must have at least one position, got query {query.shape} and key {key.shape}")
+    flag(is_causal, "is_causal")
+    batch = {name: arr.shape[:-2] for name, arr in arrays.items()}
+    if flag(enable_gqa, "enable_gqa"):
+        if any(arr.ndim < 3 for arr in arrays.values()):
+            raise ValueError("enable_gqa=True needs a heads axis (..., H, L, E), got "
+                             + ", ".join(f"{n} {a.shape}" for n, a in arrays.items()))
+        hq, hkv = query.shape[-3], key.shape[-3]
+        hv = value.shape[-3] if value is not None else hkv
+        if hv != hkv or hq % hkv != 0:
+            raise ValueError(f"enable_gqa=True needs query heads ({hq}) to be a multiple of key heads ({hkv}) "
+                             f"and value heads ({hv}) equal to key heads")
+        batch = {name: shape[:-1] + (hq,) for name, shape in batch.items()}   # after the heads are repeated
+    try:
+        batch_shape = np.broadcast_shapes(*batch.values())
+    except ValueError:
+        shapes = ", ".join(f"{n} {a.shape}" for n, a in arrays.items())
+        raise ValueError(f"the batch axes (all but the last two) of {shapes} must broadcast together") from None
+    attn_mask = mask_array(attn_mask, "attn_mask")
+    if is_causal and attn_mask is not None:
+        raise ValueError("attn_mask must be None when is_causal=True (is_causal builds the mask itself)")
+    if scale is not None and not (isinstance(scale, (int, float, np.floating)) and not isinstance(scale, bool)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if attn_mask is not None:
+        scores_shape = batch_shape + (query.shape[-2], key.shape[-2])
+        try:
+            fits = np.broadcast_shapes(attn_mask.shape, scores_shape) == scores_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"attn_mask of shape {attn_mask.shape} does not broadcast to the scores' shape "
+                             f"{scores_shape} (..., L, S)")
+    return query, key, value, attn_mask

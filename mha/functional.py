@@ -1,8 +1,14 @@
-"""Softmax and scaled dot-product attention, each forward beside its backward.
+"""The book's building blocks, each forward beside its backward.
 
-Shapes use torch's names: ``L`` query positions, ``S`` key positions, ``E``
-the query/key feature size, ``Ev`` the value feature size, and ``...`` any
-leading batch/head axes (they broadcast as in ``np.matmul``).
+A projection (:func:`linear`), the head split (:func:`split_heads`,
+:func:`merge_heads`), softmax and scaled dot-product attention.
+
+Shapes use torch's names: ``N`` batch, ``L`` query positions, ``S`` key
+positions, ``E`` the query/key feature size, ``Ev`` the value feature size,
+``H`` heads of ``hd = E // H`` features, and ``...`` any leading batch/head
+axes (they broadcast as in ``np.matmul``). Weights are in the book's
+``(in, out)`` layout, so a projection reads ``x @ W + b``; torch stores the
+transpose.
 """
 
 from __future__ import annotations
@@ -11,16 +17,74 @@ import math
 
 import numpy as np
 
-from ._checks import as_float_array, mask_array
+from ._checks import as_float_array, linear_arguments, positive_int, sdpa_arguments
 
 __all__ = [
+    "linear",
+    "linear_backward",
+    "split_heads",
+    "merge_heads",
     "softmax",
     "softmax_backward",
     "causal_mask",
     "attention_forward",
     "attention_backward",
     "scaled_dot_product_attention",
+    "attention_weights",
 ]
+
+
+def linear(x, W, b=None) -> np.ndarray:
+    """``x @ W + b``: x (..., in), W (in, out), b (out,) or None -> (..., out).
+
+    ``W`` is the transpose of torch's ``nn.Linear.weight`` (out, in).
+    """
+    x, W, b = linear_arguments(x, W, b)
+    out = x @ W                                      # (..., in) @ (in, out) -> (..., out)
+    if b is not None:
+        out += b
+    return out
+
+
+def linear_backward(dout, x, W, has_bias: bool = True):
+    """Gradients of :func:`linear`: returns ``(dx, dW, db)`` (``db`` is None without a bias).
+
+    dout (..., out), x (..., in), W (in, out) -> dx (..., in), dW (in, out), db (out,).
+    """
+    dx = dout @ W.T                                  # (..., out) @ (out, in) -> (..., in)
+    x2 = x.reshape(-1, x.shape[-1])                  # (..., in) -> (rows, in)
+    dout2 = dout.reshape(-1, dout.shape[-1])         # (..., out) -> (rows, out)
+    dW = x2.T @ dout2                                # (in, rows) @ (rows, out) -> (in, out)
+    db = sum_rows(dout2) if has_bias else None       # (out,)
+    return dx, dW, db
+
+
+def split_heads(x, H: int) -> np.ndarray:
+    """Cut the last axis into ``H`` heads: (..., L, E) -> (..., H, L, E // H).
+
+    (N, L, E) gives (N, H, L, hd) and (L, E) gives (H, L, hd). Head ``h``
+    holds features ``h*hd`` to ``(h+1)*hd``: a reshape alone would mix
+    positions into heads, the transpose is what keeps them apart.
+    """
+    x = as_float_array(x, "x")
+    H = positive_int(H, "H")
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (..., L, E), got {x.shape}")
+    L, E = x.shape[-2:]
+    if E % H:
+        raise ValueError(f"the feature size E={E} of x {x.shape} must be divisible by H={H}")
+    x = x.reshape(*x.shape[:-1], H, E // H)          # (..., L, E) -> (..., L, H, hd)
+    return np.swapaxes(x, -3, -2)                    # (..., L, H, hd) -> (..., H, L, hd)
+
+
+def merge_heads(x) -> np.ndarray:
+    """Inverse of :func:`split_heads`: (..., H, L, hd) -> (..., L, H * hd)."""
+    x = as_float_array(x, "x")
+    if x.ndim < 3:
+        raise ValueError(f"x must have shape (..., H, L, hd), got {x.shape}")
+    H, L, hd = x.shape[-3:]
+    x = np.swapaxes(x, -3, -2)                       # (..., H, L, hd) -> (..., L, H, hd)
+    return x.reshape(*x.shape[:-2], H * hd)          # (..., L, H, hd) -> (..., L, E), copies
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
@@ -142,59 +206,42 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: b
     ``Hkv`` heads, ``Hq`` a multiple of ``Hkv`` (grouped-query attention).
     A query whose keys are all masked gets zeros, as torch's SDPA kernels give
     (its math route uses a "safe" softmax); plain ``torch.softmax`` gives NaN.
+    :func:`attention_weights` returns the weights this uses.
     """
-    query = as_float_array(query, "query")
-    key = as_float_array(key, "key", query.dtype)
-    value = as_float_array(value, "value", query.dtype)
-    for name, arr in (("query", query), ("key", key), ("value", value)):
-        if arr.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions (..., seq_len, features), got shape {arr.shape}")
-    if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query and key must have the same last dimension E, got query {query.shape} and key {key.shape}")
-    if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key and value must have the same sequence length S, got key {key.shape} and value {value.shape}")
-    if 0 in (query.shape[-2], key.shape[-2]):
-        raise ValueError(f"query and key must have at least one position, got query {query.shape} and key {key.shape}")
+    query, key, value, attn_mask = sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa)
     if enable_gqa:
-        key, value = _repeat_kv_heads(query, key, value)
-    try:
-        np.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    except ValueError:
-        raise ValueError(f"the batch axes (all but the last two) of query {query.shape}, key {key.shape} and "
-                         f"value {value.shape} must broadcast together") from None
-    L, S = query.shape[-2], key.shape[-2]
-    attn_mask = mask_array(attn_mask, "attn_mask")
-    if is_causal and attn_mask is not None:
-        raise ValueError("attn_mask must be None when is_causal=True (is_causal builds the mask itself)")
-    if scale is not None and not (isinstance(scale, (int, float, np.floating)) and not isinstance(scale, bool)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    bias = None
-    if is_causal:
-        attn_mask = causal_mask(L, S)
-    if attn_mask is not None:
-        scores_shape = np.broadcast_shapes(query.shape[:-2], key.shape[:-2]) + (L, S)
-        try:
-            fits = np.broadcast_shapes(attn_mask.shape, scores_shape) == scores_shape
-        except ValueError:
-            fits = False
-        if not fits:
-            raise ValueError(f"attn_mask of shape {attn_mask.shape} does not broadcast to the scores' shape "
-                             f"{scores_shape} (..., L, S)")
-        if attn_mask.dtype == np.bool_:
-            bias = np.where(attn_mask, query.dtype.type(0), query.dtype.type(-np.inf))
-        else:
-            bias = attn_mask.astype(query.dtype, copy=False)
+        key, value = _repeat_kv_heads(key, query.shape[-3]), _repeat_kv_heads(value, query.shape[-3])
+    bias = _additive_bias(causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask, query.dtype)
     out, _ = attention_forward(query, key, value, bias, scale)
     return out
 
 
-def _repeat_kv_heads(query, key, value):
-    """Repeat each key/value head ``Hq // Hkv`` times along axis -3 (like torch's repeat_interleave)."""
-    if query.ndim < 3 or key.ndim < 3 or value.ndim < 3:
-        raise ValueError(f"enable_gqa=True needs a heads axis (..., H, L, E), got query {query.shape} and key {key.shape}")
-    hq, hkv = query.shape[-3], key.shape[-3]
-    if value.shape[-3] != hkv or hq % hkv != 0:
-        raise ValueError(f"enable_gqa=True needs query heads ({hq}) to be a multiple of key heads ({hkv}) "
-                         f"and value heads ({value.shape[-3]}) equal to key heads")
-    group = hq // hkv
-    return np.repeat(key, group, axis=-3), np.repeat(value, group, axis=-3)
+def attention_weights(query, key, *, attn_mask=None, is_causal: bool = False, scale: float | None = None,
+                      enable_gqa: bool = False) -> np.ndarray:
+    """The weights (..., L, S) that :func:`scaled_dot_product_attention` multiplies the values by.
+
+    Same arguments and rules; ``attention_weights(q, k) @ v`` is the SDPA output.
+    Each row is a distribution over the keys (a fully masked row is zeros).
+    """
+    query, key, _, attn_mask = sdpa_arguments(query, key, None, attn_mask, is_causal, scale, enable_gqa)
+    if enable_gqa:
+        key = _repeat_kv_heads(key, query.shape[-3])
+    bias = _additive_bias(causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask, query.dtype)
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    scores = (query * query.dtype.type(scale)) @ np.swapaxes(key, -1, -2)   # (..., L, S)
+    if bias is not None:
+        scores += bias
+    return _softmax_inplace(scores)
+
+
+def _additive_bias(attn_mask, dtype):
+    """SDPA's mask as a float to add to the scores: bool True (takes part) -> 0, False -> -inf."""
+    if attn_mask is None or attn_mask.dtype != np.bool_:
+        return None if attn_mask is None else attn_mask.astype(dtype, copy=False)
+    return np.where(attn_mask, dtype.type(0), dtype.type(-np.inf))
+
+
+def _repeat_kv_heads(x, Hq: int):
+    """Repeat each of the ``Hkv`` heads on axis -3 ``Hq // Hkv`` times (torch's repeat_interleave)."""
+    return np.repeat(x, Hq // x.shape[-3], axis=-3)   # (..., Hkv, S, E) -> (..., Hq, S, E)

@@ -708,6 +708,8 @@ def test_every_public_function_is_exercised():
                "exercises"}  # the exercise checks answer a wrong answer with a verdict: tests/test_exercises.py
     covered |= {"positional"}  # its misuse cases: tests/test_positional.py (test_bad_input_is_named)
     covered |= {"losses", "optim", "model", "train"}  # misuse cases: tests/test_{losses,optim,model}.py
+    covered |= {"linear", "split_heads", "merge_heads", "attention_weights", "functional"}  # tests/test_blocks.py
+    covered |= {"analysis"}  # tests/test_analysis.py
     assert set(mha.__all__) <= covered, sorted(set(mha.__all__) - covered)
 
 

@@ -95,3 +95,40 @@ def test_notebook_teaches_with_objectives_figures_and_exercises(path):
     code = "\n".join(_source(c) for c in cells if c["cell_type"] == "code")
     assert "import mha" in code
     assert "assert" in code, "every comparison with torch is also an assert"
+
+
+WIDTH = 88   # characters: a rendered code or output block shows about 92 before it scrolls sideways
+
+
+def _printed_lines(cell):
+    for out in cell.get("outputs", []):
+        data = out.get("data", {})
+        if "image/png" in data or "text/html" in data:
+            continue   # a figure's "<Figure size ...>" text is not shown in the book
+        text = "".join(out.get("text", "")) + "".join(data.get("text/plain", ""))
+        yield from text.splitlines()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_code_and_printed_line_fits_the_rendered_cell(path):
+    too_wide = []
+    for number, cell in enumerate(_cells(path)):
+        if cell["cell_type"] != "code" or "remove-cell" in cell["metadata"].get("tags", []):
+            continue
+        too_wide += [f"cell {number} code ({len(line)}): {line[:60]}..."
+                     for line in _source(cell).splitlines() if len(line) > WIDTH]
+        too_wide += [f"cell {number} output ({len(line)}): {line[:60]}..."
+                     for line in _printed_lines(cell) if len(line) > WIDTH]
+    assert not too_wide, f"{len(too_wide)} lines wider than {WIDTH} characters:\n" + "\n".join(too_wide)
+
+
+FENCE_WIDTH = 80   # a code block in a markdown cell (a dropdown's solution) is narrower: ~84 fit
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_code_line_in_markdown_fits_its_block(path):
+    too_wide = [f"cell {number} ({len(line)}): {line[:60]}..."
+                for number, cell in enumerate(_cells(path)) if cell["cell_type"] == "markdown"
+                for block in re.findall(r"```[^\n]*\n(.*?)```", _source(cell), re.S)
+                for line in block.splitlines() if len(line) > FENCE_WIDTH]
+    assert not too_wide, f"{len(too_wide)} lines wider than {FENCE_WIDTH} characters:\n" + "\n".join(too_wide)

@@ -1,10 +1,14 @@
 """Checks for chapter 3, "Multi-head attention: splitting and merging heads".
 
-- :func:`check_split_heads`: (B, T, E) -> (B, H, T, head_dim), a reshape *and* a transpose
-- :func:`check_merge_heads`: (B, H, T, head_dim) -> (B, T, E), the way back
-- :func:`check_head_weights`: head ``h``'s query, key and value rows of torch's
-  ``in_proj_weight`` (3E, E)
-- :func:`check_average_heads`: torch's ``average_attn_weights=True``, batched or unbatched
+- :func:`check_reshape_prediction` (predict): ``predict_reshape_is_enough()`` returns one
+  bool per (T, H) case of :data:`RESHAPE_CASES`, True where a reshape alone (no transpose)
+  splits the heads correctly;
+- :func:`check_heads_bug` (diagnose): ``name_the_bug()`` names, from :data:`HEAD_BUGS`,
+  the bug behind :func:`mystery_weights`;
+- :func:`check_head_weights` (build): head ``h``'s query, key and value rows of torch's
+  ``in_proj_weight`` (3E, E);
+- :func:`check_head_contributions` (build): the output as a sum over heads,
+  ``head_h @ W_O[rows of head h]``, one term per head.
 
 Every test case is drawn from a seeded RNG, so a check gives the same verdict on every run.
 ``COMMON_MISTAKES`` holds one realistic wrong answer per check (``tests/test_exercises.py``
@@ -15,32 +19,90 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..attention import MultiHeadAttention
+from ..functional import softmax, split_heads
 from ._core import check_function as _check_function
+from ._naming import check_name, check_prediction
 
-__all__ = ["check_split_heads", "check_merge_heads", "check_head_weights", "check_average_heads",
-           "COMMON_MISTAKES"]
+__all__ = ["check_reshape_prediction", "check_heads_bug", "mystery_weights", "HEAD_BUGS",
+           "check_head_weights", "check_head_contributions", "COMMON_MISTAKES"]
 
 _SEED = 303
-# (B, T, E, H): T != H and H > 1 in the first case, so that a missing transpose cannot pass
-_SHAPES = [(2, 5, 12, 3), (1, 4, 8, 2), (3, 2, 6, 6), (2, 3, 4, 1)]
 
 
-def _rng() -> np.random.Generator:
-    return np.random.default_rng(_SEED)
+def _rng(offset: int = 0) -> np.random.Generator:
+    return np.random.default_rng(_SEED + offset)
 
 
-# ---------------------------------------------------------------- reference solutions
+# ---------------------------------------------------------------- predict
 
-def _split_heads(x, num_heads):
-    B, T, E = x.shape
-    head_dim = E // num_heads
-    return x.reshape(B, T, num_heads, head_dim).transpose(0, 2, 1, 3)   # (B, T, H, hd) -> (B, H, T, hd)
+RESHAPE_CASES = ((1, 4), (5, 1), (4, 4), (3, 2))   # (T, H), with head_dim 2
 
 
-def _merge_heads(x):
-    B, H, T, head_dim = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * head_dim)          # (B, T, H, hd) -> (B, T, E)
+def _reshape_is_enough():
+    verdicts = []
+    for T, H in RESHAPE_CASES:
+        x = _rng(1).standard_normal((1, T, 2 * H))
+        right = x.reshape(1, T, H, 2).transpose(0, 2, 1, 3)     # (B, H, T, hd)
+        verdicts.append(bool(np.array_equal(x.reshape(1, H, T, 2), right)))
+    return tuple(verdicts)
 
+
+_RESHAPE_WHY = {
+    0: "With one token, (1, T, H, hd) and (1, H, T, hd) hold the numbers in the same "
+       "order: the transpose moves an axis of length 1, which changes nothing.",
+    1: "With one head the heads axis has length 1, so the transpose changes nothing.",
+    2: "T = H gives the right shape either way, but the reshape still gives head h "
+       "the whole of token h (all its features), not feature group h of every token.",
+    3: "Tokens and heads are mixed whenever T > 1 and H > 1.",
+}
+
+
+def check_reshape_prediction(predict_reshape_is_enough):
+    """``predict_reshape_is_enough()`` -> one bool per (T, H) in RESHAPE_CASES."""
+    labels = tuple(f"T = {T}, H = {H}" for T, H in RESHAPE_CASES)
+    return check_prediction(predict_reshape_is_enough, name="predict_reshape_is_enough",
+                            labels=labels, truth=_reshape_is_enough(), why=_RESHAPE_WHY)
+
+
+# ---------------------------------------------------------------- diagnose
+
+HEAD_BUGS = ("reshape without transpose", "no 1/sqrt(d_k)", "divided by sqrt(d_model)",
+             "softmax over the wrong axis")
+
+
+def mystery_weights():
+    """``(mystery, correct)``: per-head weights (H, L, S) of one sequence of 8 tokens through
+    a layer of d_model 48 and 4 heads, with a bug from HEAD_BUGS, and the layer's own."""
+    layer = MultiHeadAttention(48, 4, bias=False, seed=_SEED)
+    x = 2 * _rng(2).standard_normal((8, 48)).astype(np.float32)
+    _, correct = layer(x, need_weights=True, average_attn_weights=False)   # (H, L, S)
+    q, k = split_heads(x @ layer.W_Q, 4), split_heads(x @ layer.W_K, 4)   # (H, L, hd)
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(48)   # the bug: sqrt(d_model), not sqrt(12)
+    return softmax(scores), correct
+
+
+_HEADS_LOOK = {
+    "reshape without transpose": "the heads would see pieces of the wrong tokens: some "
+                                 "maps sharper, some flatter, not every head the same way.",
+    "no 1/sqrt(d_k)": "the scores would be sqrt(12), about 3.5, times too large and every "
+                      "head sharper (lower entropy) than the correct one.",
+    "softmax over the wrong axis": "the rows would not sum to 1 (and mha.analysis.entropy "
+                                   "would refuse them).",
+}
+
+
+def check_heads_bug(name_the_bug):
+    """``name_the_bug()`` -> one of HEAD_BUGS, the bug behind ``mystery_weights``."""
+    return check_name(
+        name_the_bug, name="name_the_bug", choices=HEAD_BUGS,
+        answer="divided by sqrt(d_model)", explanations=_HEADS_LOOK,
+        correct="divided by sqrt(d_model). Every head is flatter (higher entropy) than the "
+                "correct one: the scores were divided by sqrt(48) instead of "
+                "sqrt(head_dim) = sqrt(12), two times too much.")
+
+
+# ---------------------------------------------------------------- build: head_weights
 
 def _head_weights(in_proj_weight, num_heads, h):
     E = in_proj_weight.shape[1]
@@ -48,30 +110,6 @@ def _head_weights(in_proj_weight, num_heads, h):
     rows = slice(h * head_dim, (h + 1) * head_dim)
     # block j of E rows is W_Q^T, W_K^T, W_V^T; inside it, head h owns head_dim consecutive rows
     return tuple(in_proj_weight[j * E:(j + 1) * E][rows] for j in range(3))
-
-
-def _average_heads(weights):
-    return weights.mean(axis=-3)   # the heads axis: 1 of (N, H, L, S), 0 of (H, L, S)
-
-
-# ---------------------------------------------------------------- checks
-
-def check_split_heads(split_heads) -> bool | None:
-    """``split_heads(x, num_heads)``: x (B, T, E) -> (B, num_heads, T, E // num_heads)."""
-    rng = _rng()
-    cases = [(rng.standard_normal((B, T, E)).astype(np.float32), H) for B, T, E, H in _SHAPES]
-    return _check_function(split_heads, _split_heads, cases, name="split_heads", atol=0.0,
-                          hint="reshape to (B, T, H, head_dim) first (each token's features are cut into "
-                               "heads), then move the heads axis in front of the tokens with a transpose.")
-
-
-def check_merge_heads(merge_heads) -> bool | None:
-    """``merge_heads(x)``: x (B, H, T, head_dim) -> (B, T, H * head_dim), the inverse of split_heads."""
-    rng = _rng()
-    cases = [(rng.standard_normal((B, H, T, E // H)).astype(np.float32),) for B, T, E, H in _SHAPES]
-    return _check_function(merge_heads, _merge_heads, cases, name="merge_heads", atol=0.0,
-                          hint="bring the tokens back in front of the heads, (B, H, T, hd) -> (B, T, H, hd), "
-                               "before you reshape to (B, T, E).")
 
 
 def check_head_weights(head_weights) -> bool | None:
@@ -90,31 +128,6 @@ def check_head_weights(head_weights) -> bool | None:
                                "rows, then every head's value rows; it does not keep one head's q, k, v together.")
 
 
-def check_average_heads(average_heads) -> bool | None:
-    """``average_heads(weights)``: (N, H, L, S) -> (N, L, S), and unbatched (H, L, S) -> (L, S)."""
-    rng = _rng()
-    cases = []
-    for shape in [(2, 3, 4, 5), (1, 4, 3, 3), (3, 5, 2), (2, 6, 4)]:
-        scores = rng.standard_normal(shape)
-        weights = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)   # rows sum to 1
-        cases.append((weights.astype(np.float32),))
-    return _check_function(average_heads, _average_heads, cases, name="average_heads", atol=1e-6,
-                          hint="the heads axis is the third from the end in both layouts: "
-                               "(N, H, L, S) batched and (H, L, S) unbatched.")
-
-
-# ---------------------------------------------------------------- typical wrong answers
-
-def _split_heads_without_transpose(x, num_heads):
-    B, T, E = x.shape
-    return x.reshape(B, num_heads, T, E // num_heads)   # right shape, tokens and heads mixed
-
-
-def _merge_heads_without_transpose(x):
-    B, H, T, head_dim = x.shape
-    return x.reshape(B, T, H * head_dim)
-
-
 def _head_weights_interleaved(in_proj_weight, num_heads, h):
     E = in_proj_weight.shape[1]
     head_dim = E // num_heads
@@ -122,13 +135,38 @@ def _head_weights_interleaved(in_proj_weight, num_heads, h):
     return block[:head_dim], block[head_dim:2 * head_dim], block[2 * head_dim:]
 
 
-def _average_heads_axis_1(weights):
-    return weights.mean(axis=1)   # right for (N, H, L, S), averages the queries of (H, L, S)
+# ---------------------------------------------------------------- build: head_contributions
+
+def _head_contributions(x, W_Q, W_K, W_V, W_O, num_heads):
+    q, k, v = (split_heads(x @ W, num_heads) for W in (W_Q, W_K, W_V))   # (B, H, T, hd)
+    hd = q.shape[-1]
+    heads = softmax(q @ np.swapaxes(k, -1, -2) / np.sqrt(hd)) @ v         # (B, H, T, hd)
+    # head h meets only rows h*hd:(h+1)*hd of W_O: Concat(heads) @ W_O = sum_h head_h @ W_O_h
+    return np.stack([heads[:, h] @ W_O[h * hd:(h + 1) * hd] for h in range(num_heads)])
+
+
+def check_head_contributions(head_contributions) -> bool | None:
+    """``head_contributions(x, W_Q, W_K, W_V, W_O, num_heads)``: x (B, T, E), weights (E, E)
+    in (in, out) layout -> (H, B, T, E), whose sum over the first axis is the output."""
+    rng = _rng(3)
+    cases = []
+    for B, T, E, H in [(2, 5, 12, 3), (1, 4, 8, 2), (1, 3, 6, 1)]:
+        cases.append((rng.standard_normal((B, T, E)),) +
+                     tuple(rng.standard_normal((E, E)) / np.sqrt(E) for _ in range(4)) + (H,))
+    return _check_function(head_contributions, _head_contributions, cases,
+                           name="head_contributions", atol=1e-10,
+                           hint="head h's output (B, T, head_dim) meets only the rows "
+                                "h*head_dim:(h+1)*head_dim of W_O (mha's (in, out) layout), "
+                                "not its columns.")
+
+
+def _contributions_from_columns(x, W_Q, W_K, W_V, W_O, num_heads):
+    return _head_contributions(x, W_Q, W_K, W_V, W_O.T, num_heads)   # torch's layout for W_O
 
 
 COMMON_MISTAKES = {
-    "check_split_heads": _split_heads_without_transpose,
-    "check_merge_heads": _merge_heads_without_transpose,
+    "check_reshape_prediction": lambda: (True, True, True, False),
+    "check_heads_bug": lambda: "no 1/sqrt(d_k)",
     "check_head_weights": _head_weights_interleaved,
-    "check_average_heads": _average_heads_axis_1,
+    "check_head_contributions": _contributions_from_columns,
 }

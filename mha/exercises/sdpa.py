@@ -1,33 +1,32 @@
 """Checks for the exercises of chapter 2, scaled dot-product attention.
 
-Each ``check_<name>(your_function)`` calls the reader's function on a few
-inputs drawn from a seeded generator (the same on every run and machine)
-and compares the result with a reference:
+One exercise or more of each kind, each ``check_<name>(your_function)``:
 
-- :func:`check_scaled_scores`: ``scaled_scores(Q, K)`` = Q K^T / sqrt(d_k),
-  with any leading batch axes;
-- :func:`check_stable_softmax`: ``stable_softmax(x)`` along the last axis,
+- :func:`check_fill_prediction` (predict): ``predict_mean_of_values()`` returns three
+  bools, one per case, True where a query whose every key is filled with -1e9 returns
+  the plain mean of the values;
+- :func:`check_sdpa_bug` (diagnose): ``name_the_bug()`` names, from :data:`SDPA_BUGS`,
+  the bug behind :func:`mystery_weights`, whose attention map the chapter draws;
+- :func:`check_stable_softmax` (build): ``stable_softmax(x)`` along the last axis,
   finite for huge logits and zeros for a row that is entirely ``-inf``;
-- :func:`check_causal_mask`: ``causal_mask(L)``, bool (L, L), True where
-  query ``i`` may attend key ``j`` (``F.scaled_dot_product_attention``'s
-  polarity);
-- :func:`check_blocked_to_additive`: ``blocked_to_additive(mask)`` turns an
-  ``nn.MultiheadAttention``-style bool mask (True = blocked) into an additive
-  float mask (``-inf`` where blocked, 0 elsewhere).
+- :func:`check_blocked_to_additive` (build): ``blocked_to_additive(mask)`` turns an
+  ``nn.MultiheadAttention``-style bool mask (True = blocked) into an additive float
+  mask (``-inf`` where blocked, 0 elsewhere).
 
-``COMMON_MISTAKES`` maps each check's name to a typical wrong answer; the
-test suite uses it to make sure every check can tell right from wrong.
+``COMMON_MISTAKES`` maps each check's name to a typical wrong answer; the test suite
+uses it to make sure every check can tell right from wrong.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..functional import softmax
+from ..functional import causal_mask, scaled_dot_product_attention, softmax
 from ._core import check_function as _check_function
+from ._naming import check_name, check_prediction
 
-__all__ = ["check_scaled_scores", "check_stable_softmax", "check_causal_mask", "check_blocked_to_additive",
-           "COMMON_MISTAKES"]
+__all__ = ["check_fill_prediction", "check_sdpa_bug", "mystery_weights", "SDPA_BUGS",
+           "check_stable_softmax", "check_blocked_to_additive", "COMMON_MISTAKES"]
 
 _SEED = 2002
 
@@ -36,27 +35,76 @@ def _rng(offset: int) -> np.random.Generator:
     return np.random.default_rng(_SEED + offset)
 
 
-# --- scaled_scores -------------------------------------------------------------------------------
+# --- predict: when does a -1e9 fill average the values? ------------------------------------------
 
-def _scaled_scores(Q, K):
-    return Q @ np.swapaxes(K, -1, -2) / np.sqrt(Q.shape[-1])
-
-
-def check_scaled_scores(scaled_scores):
-    """``scaled_scores(Q, K)``: Q (..., L, d_k), K (..., S, d_k) -> (..., L, S)."""
-    rng = _rng(1)
-    cases = [
-        (rng.standard_normal((3, 4)), rng.standard_normal((5, 4))),              # L=3, S=5, d_k=4
-        (rng.standard_normal((4, 1)), rng.standard_normal((2, 1))),              # d_k = 1: no scaling
-        (rng.standard_normal((2, 3, 4, 16)), rng.standard_normal((2, 3, 6, 16))),  # (N, H, L, d_k), (N, H, S, d_k)
-    ]
-    return _check_function(scaled_scores, _scaled_scores, cases, name="scaled_scores", atol=1e-10,
-                          hint="divide by sqrt(d_k), where d_k = Q.shape[-1], and transpose only the last two "
-                               "axes of K (np.swapaxes(K, -1, -2)): K.T reverses every axis of a batched K.")
+FILL_CASES = ("float32, scores of size about 1",
+              "float64, the same numbers",
+              "float32, queries 100 times larger (scores up to about 90)")
 
 
-def _scaled_scores_with_dot_T(Q, K):
-    return Q @ K.T / np.sqrt(Q.shape[-1])  # right for 2-D K only
+def _fill_is_mean():
+    rng = _rng(5)
+    Q, K, V = (rng.standard_normal((6, 8)) for _ in range(3))
+    fill = np.zeros((6, 6))
+    fill[-1] = -1e9                                   # the last query: every key "blocked"
+    verdicts = []
+    for dtype, scale in ((np.float32, 1.0), (np.float64, 1.0), (np.float32, 100.0)):
+        q, k, v = (scale * Q).astype(dtype), K.astype(dtype), V.astype(dtype)
+        out = scaled_dot_product_attention(q, k, v, attn_mask=fill.astype(dtype))
+        verdicts.append(bool(np.allclose(out[-1], v.mean(axis=0), rtol=0, atol=1e-6)))
+    return tuple(verdicts)
+
+
+_FILL_WHY = {
+    0: "Near 1e9, neighbouring float32 numbers are 64 apart, so score - 1e9 rounds to "
+       "exactly -1e9 whenever |score| < 32: every key gets the same score, and the "
+       "softmax is uniform.",
+    1: "In float64 the spacing near 1e9 is about 1e-7: score - 1e9 keeps the score's "
+       "differences, and the softmax subtracts the row maximum, so the row is the "
+       "softmax of the original scores, not uniform.",
+    2: "Scores above 32 in size survive the rounding (they move -1e9 by a multiple of 64), "
+       "so the keys are not all equal any more.",
+}
+
+
+def check_fill_prediction(predict_mean_of_values):
+    """``predict_mean_of_values()`` -> three bools, one per case of :data:`FILL_CASES`."""
+    return check_prediction(predict_mean_of_values, name="predict_mean_of_values",
+                            labels=FILL_CASES, truth=_fill_is_mean(), why=_FILL_WHY)
+
+
+# --- diagnose: name the bug behind an attention map -----------------------------------------------
+
+SDPA_BUGS = ("mask polarity", "softmax over the wrong axis", "no 1/sqrt(d_k)",
+             "diagonal blocked")
+
+
+def mystery_weights():
+    """(6, 6) causal attention weights of a six-token sentence, computed with one bug from
+    :data:`SDPA_BUGS` (which one is the exercise)."""
+    rng = _rng(6)
+    Q, K = (rng.standard_normal((6, 8)).astype(np.float32) for _ in range(2))
+    scores = Q @ K.T / np.sqrt(8) + np.where(causal_mask(6), 0.0, -np.inf)
+    return softmax(scores, axis=0)                    # the bug: normalised over the queries
+
+
+_SDPA_LOOKS = {
+    "mask polarity": "the weights would sit above the diagonal (the future) and the last row "
+                     "would be empty; here they sit on and below it.",
+    "no 1/sqrt(d_k)": "the map would still be causal with every row summing to 1, only "
+                      "more peaked. Add up a row of the mystery map.",
+    "diagonal blocked": "the diagonal would be empty and the first row all zeros.",
+}
+
+
+def check_sdpa_bug(name_the_bug):
+    """``name_the_bug()`` -> one of SDPA_BUGS, the bug behind ``mystery_weights``."""
+    return check_name(
+        name_the_bug, name="name_the_bug", choices=SDPA_BUGS,
+        answer="softmax over the wrong axis", explanations=_SDPA_LOOKS,
+        correct="softmax over the wrong axis (axis=0, the queries). Each column sums to 1 "
+                "instead of each row: the first row, whose only key is the first word, "
+                "holds a small weight, and the last key's column holds a single 1.")
 
 
 # --- stable_softmax ------------------------------------------------------------------------------
@@ -85,26 +133,6 @@ def _softmax_without_masked_rows(x):
     with np.errstate(invalid="ignore"):  # -inf - (-inf): NumPy warns, and the row becomes NaN
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
-
-
-# --- causal_mask ---------------------------------------------------------------------------------
-
-def _causal_mask(L):
-    return np.tril(np.ones((L, L), dtype=bool))
-
-
-def check_causal_mask(causal_mask):
-    """``causal_mask(L)``: bool (L, L), True where query i may attend key j (j <= i)."""
-    rng = _rng(3)
-    cases = [(1,), (2,), (5,), (int(rng.integers(6, 20)),)]
-    return _check_function(causal_mask, _causal_mask, cases, name="causal_mask",
-                          hint="True marks a key the query may attend: key j <= query i, the diagonal included "
-                               "(np.tril). A mask with True above the diagonal is nn.MultiheadAttention's polarity "
-                               "(True = blocked).")
-
-
-def _causal_mask_blocked_polarity(L):
-    return np.triu(np.ones((L, L), dtype=bool), k=1)  # True = blocked: right for nn.MultiheadAttention only
 
 
 # --- blocked_to_additive -------------------------------------------------------------------------
@@ -140,8 +168,8 @@ def _blocked_to_additive_inverted(mask):
 
 
 COMMON_MISTAKES = {
-    "check_scaled_scores": _scaled_scores_with_dot_T,
+    "check_fill_prediction": lambda: (True, True, False),
+    "check_sdpa_bug": lambda: "no 1/sqrt(d_k)",
     "check_stable_softmax": _softmax_without_masked_rows,
-    "check_causal_mask": _causal_mask_blocked_polarity,
     "check_blocked_to_additive": _blocked_to_additive_inverted,
 }

@@ -101,6 +101,8 @@ def test_page_renders(page, base_url, browser):
     tab.on("response", lambda res: failed.append(f"{res.status} {res.url}") if res.status >= 400 else None)
     tab.goto(f"{base_url}/{page}.html", wait_until="load")
     tab.evaluate("() => window.MathJax?.startup?.promise ?? null")   # MathJax typesets after load: wait for it
+    height = tab.evaluate("() => document.documentElement.scrollHeight")
+    print(f"{page}: rendered page height {height} px")   # pytest -s shows it (issue 9 records it)
 
     assert TITLES[page] in tab.title(), f"title {tab.title()!r} lacks {TITLES[page]!r}"
     article = tab.inner_text("article")
@@ -140,5 +142,11 @@ def test_page_renders(page, base_url, browser):
         assert expected in colab, f"Colab button {colab} should open {expected}"
     else:
         assert not colab, "a prose page has no notebook to launch"
+    # Every line visible: no code or output block scrolls sideways (its content wider than its box)
+    scrolling = tab.eval_on_selector_all(
+        "article div.highlight pre, article div.cell_output pre, article pre",
+        "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+        ".map(e => `${e.scrollWidth} px in ${e.clientWidth} px: ${e.textContent.trim().slice(0, 50)}`)")
+    assert not scrolling, f"code or output blocks that scroll sideways (lines > 88 characters): {scrolling}"
     tab.screenshot(path=str(SHOTS / f"{page.replace('/', '_')}.png"), full_page=True)
     context.close()
