@@ -81,7 +81,7 @@ test-colab: $(COLAB)/.installed
 
 test-notorch: $(NOTORCH)/.installed
 	$(NOTORCH)/bin/python -c "import importlib.util, sys; assert importlib.util.find_spec('torch') is None; print('torch-free: Python', sys.version.split()[0])"
-	PYTHONPATH=tools $(NOTORCH)/bin/python -m pytest tests -q -rs -p no:cacheprovider -p torchless --ignore=tests/browser
+	PYTHONPATH=tools $(NOTORCH)/bin/python -m pytest tests -q -rfEs -p no:cacheprovider -p torchless --ignore=tests/browser
 
 # One place for the repository address (_config.yml's repository section): write it everywhere.
 repo:
