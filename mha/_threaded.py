@@ -21,7 +21,10 @@ from ._checks import linear_arguments
 
 
 class _ChunkCaches(dict):
-    """The cache of a chunked attention forward; ``cache["weights"]`` gathers the chunks' weights."""
+    """The cache of a chunked attention forward; ``cache["weights"]`` gathers the chunks' weights.
+
+    It reads only the key :func:`mha.functional.attention_forward` documents (``"weights"``).
+    """
 
     def __missing__(self, key: str) -> np.ndarray:
         if key != "weights":
@@ -67,15 +70,12 @@ class ThreadedBlocks:
             out[idx], cache = functional.attention_forward(q[idx], k[idx], v[idx], _chunk_of(bias, idx), scale)
             return idx, cache
 
-        return out, _ChunkCaches(chunks=parallel.run(self.pmap, one_chunk, chunks), batch_heads=(N, H))
+        chunk_caches = parallel.run(self.pmap, one_chunk, chunks)
+        return out, _ChunkCaches(chunks=chunk_caches, batch_heads=(N, H), shapes=(q.shape, k.shape, v.shape))
 
     def attention_backward(self, dout: np.ndarray, cache: dict):
         """:func:`mha.functional.attention_backward` of a chunked forward; dout (N, H, L, Ev)."""
-        N, H = dout.shape[:2]
-        first = cache["chunks"][0][1]
-        dq = np.empty(dout.shape[:3] + first["q_scaled"].shape[3:], dtype=dout.dtype)   # (N, H, L, E)
-        dk = np.empty((N, H) + first["k"].shape[2:], dtype=dout.dtype)                 # (N, H, S, E)
-        dv = np.empty((N, H) + first["v"].shape[2:], dtype=dout.dtype)                 # (N, H, S, Ev)
+        dq, dk, dv = (np.empty(shape, dtype=dout.dtype) for shape in cache["shapes"])   # like q, k, v
 
         def one_chunk(item):
             idx, chunk_cache = item
