@@ -248,6 +248,22 @@ def main() -> None:
     fwd = race({"numpy": lambda: m(x), "fast": torch_fast, "slow": torch_slow}, a.repeats, a.warmup, a.settle)
     fb = race({"numpy": numpy_fb, "torch": torch_fb}, a.repeats, a.warmup, a.settle)
 
+    # NumPy's own lower bound: the forward's four matmuls, each timed alone, bare np.matmul.
+    W_in, W_O = np.concatenate([m.W_Q, m.W_K, m.W_V], axis=1), m.W_O
+    x2, hd = x.reshape(B * T, C), C // H
+    q4 = np.ascontiguousarray(x.reshape(B, T, H, hd).transpose(0, 2, 1, 3))   # (B, H, T, hd)
+    kT = np.ascontiguousarray(q4.transpose(0, 1, 3, 2))                      # (B, H, hd, T)
+    w4 = rng.random((B, H, T, T), dtype=np.float32)
+    four = race({"in-projection": lambda: x2 @ W_in, "scores": lambda: q4 @ kT, "weights @ V": lambda: w4 @ q4,
+                 "out-projection": lambda: x2 @ W_O}, a.repeats, a.warmup, a.settle)
+    own = sum(t[0] for t in four.values())
+    threads_before = mha.parallel.get_num_threads()
+    mha.parallel.set_num_threads(1)
+    try:
+        serial = race({"forward": lambda: m(x), "fb": numpy_fb}, a.repeats, a.warmup, a.settle)
+    finally:
+        mha.parallel.set_num_threads(threads_before)
+
     flops = 8 * B * T * C * C + 4 * B * T * T * C
     rows = [("forward, torch fast path", fwd["numpy"], fwd["fast"], flops),
             ("forward, torch slow path", fwd["numpy"], fwd["slow"], flops),
@@ -262,6 +278,12 @@ def main() -> None:
     fb_ratio = fb["numpy"][0] / fb["torch"][0]
     print(f"\nGoal: forward {fwd_ratio:.2f}x the faster torch path (<= 1.0: {'PASS' if fwd_ratio <= 1.0 else 'MISS'}), "
           f"forward+backward {fb_ratio:.2f}x (<= 1.25: {'PASS' if fb_ratio <= 1.25 else 'MISS'})")
+    print(f"forward {fwd['numpy'][0] / own:.2f}x its own four matmuls ({own * 1e3:.2f} ms: "
+          + ", ".join(f"{k} {v[0] * 1e3:.2f}" for k, v in four.items())
+          + f") (<= 1.15: {'PASS' if fwd['numpy'][0] / own <= 1.15 else 'MISS'})")
+    print(f"serial path (mha threads 1): forward {serial['forward'][0] * 1e3:.2f} ms "
+          f"({serial['forward'][0] / own:.2f}x own matmuls), forward+backward {serial['fb'][0] * 1e3:.2f} ms "
+          f"({serial['fb'][0] / fb['torch'][0]:.2f}x torch)")
     if a.profile:
         profile(m, x, dy, a.repeats, {"forward": fwd["numpy"][0], "backward": fb["numpy"][0] - fwd["numpy"][0]})
     print(others_share(clock))

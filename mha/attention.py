@@ -12,11 +12,10 @@ import math
 
 import numpy as np
 
-from . import parallel
+from . import _threaded
 from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed
-from .functional import sum_rows
+from .functional import merge_heads, split_heads, sum_rows
 from .masks import merge_masks
-from .parallel import matmul_cols, matmul_rows
 
 __all__ = ["MultiHeadAttention"]
 
@@ -128,7 +127,74 @@ class MultiHeadAttention:
         averaged over heads, or (N, H, L, S') with
         ``average_attn_weights=False``; S' counts ``bias_k`` and the zero key.
         """
-        E, H, hd = self.d_model, self.num_heads, self.head_dim
+        E, H = self.d_model, self.num_heads
+        a = self._forward_arguments(query, key, value, key_padding_mask, attn_mask, is_causal)
+        W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, bias_k, bias_v = a.params
+        x_q, x_k, x_v, mask = a.x_q, a.x_k, a.x_v, a.mask   # (N, L, E), (N, S, kdim), (N, S, vdim)
+        with _threaded.blocks(a.work) as F:               # mha.functional, or its threaded drop-in
+            if a.self_attention:                          # one input: one (E, 3E) projection
+                qkv = F.linear(x_q, _cat(W_Q, W_K, W_V), _cat_bias(b_Q, b_K, b_V))   # (N, L, 3E)
+                q, k, v = np.split(qkv, 3, axis=-1)       # (N, L, 3E) -> 3 x (N, L, E)
+            else:
+                q, k, v = F.linear(x_q, W_Q, b_Q), F.linear(x_k, W_K, b_K), F.linear(x_v, W_V, b_V)
+            q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)   # (N, H, L|S, hd)
+            if bias_k is not None:                        # one learned key/value, shared by all sequences
+                k = _append_key(k, split_heads(bias_k[None], H))   # (N, H, S+1, hd)
+                v = _append_key(v, split_heads(bias_v[None], H))
+            if self.add_zero_attn:                        # one all-zero key/value per head
+                k = _append_key(k, np.zeros((H, 1, E // H), self.dtype))
+                v = _append_key(v, np.zeros((H, 1, E // H), self.dtype))
+            heads, attn_cache = F.attention_forward(q, k, v, mask)   # (N, H, L, hd)
+            concat = merge_heads(heads)                   # (N, H, L, hd) -> (N, L, E)
+            out = F.linear(concat, W_O, b_O)              # (N, L, E)
+        self._cache = dict(a=a, attn=attn_cache, concat=concat)
+        if need_weights:
+            weights = attn_cache["weights"]               # (N, H, L, S')
+            weights = weights.mean(axis=1) if average_attn_weights else weights.copy()
+            return a.to_caller(out), a.to_caller(weights, weights=True)
+        return a.to_caller(out)
+
+    def backward(self, grad_output):
+        """Gradients of the last forward for ``grad_output`` (the output's shape).
+
+        Returns the input gradient when the forward was ``m(x)`` (key and value
+        omitted), else ``(grad_query, grad_key, grad_value)``, each shaped like
+        its input. Parameter gradients go to ``self.grads`` by attribute name.
+        """
+        c = self._cache
+        if c is None:
+            raise RuntimeError("backward() called before forward(): run the forward pass first")
+        a = c["a"]
+        dout = a.from_caller(grad_output)                 # (N, L, E)
+        H, S, has = self.num_heads, a.S, a.has_bias
+        W_Q, W_K, W_V, W_O = a.params[:4]
+        grads = {}
+        with _threaded.blocks(a.work) as F:               # mha.functional, or its threaded drop-in
+            d_concat, grads["W_O"], grads["b_O"] = F.linear_backward(dout, c["concat"], W_O, has)
+            dq, dk, dv = F.attention_backward(split_heads(d_concat, H), c["attn"])   # (N, H, L|S', hd)
+            if a.params[8] is not None:                   # bias_k, bias_v: summed over the sequences
+                grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(-1)   # (N, H, hd) -> (H, hd) -> (E,)
+                grads["bias_v"] = sum_rows(dv[:, :, S]).reshape(-1)
+            dq, dk, dv = merge_heads(dq), merge_heads(dk[:, :, :S]), merge_heads(dv[:, :, :S])   # (N, L|S, E)
+            if a.self_attention:                          # the (E, 3E) projection: one backward
+                dx, dW, db = F.linear_backward(np.concatenate([dq, dk, dv], axis=-1), a.x_q,
+                                               _cat(W_Q, W_K, W_V), has)
+                grads.update(zip(("W_Q", "W_K", "W_V"), np.split(dW, 3, axis=1)))
+                grads.update(zip(("b_Q", "b_K", "b_V"), np.split(db, 3) if has else (None,) * 3))
+                d_inputs = a.to_caller(dx)
+            else:
+                d_inputs = []
+                for tag, d, x, W in (("Q", dq, a.x_q, W_Q), ("K", dk, a.x_k, W_K), ("V", dv, a.x_v, W_V)):
+                    dx, grads["W_" + tag], grads["b_" + tag] = F.linear_backward(d, x, W, has)
+                    d_inputs.append(a.to_caller(dx))
+                d_inputs = tuple(d_inputs)
+        present = dict(zip(WEIGHT_NAMES + BIAS_NAMES + ("bias_k", "bias_v"), a.params))
+        self.grads = {n: grads[n] for n in PARAMETER_NAMES if present[n] is not None and grads.get(n) is not None}
+        return d_inputs
+
+    def _forward_arguments(self, query, key, value, key_padding_mask, attn_mask, is_causal):
+        """Every check of :meth:`forward`'s arguments; returns them as an :class:`_Arguments`."""
+        E, H = self.d_model, self.num_heads
         self_attention = key is None and value is None
         key = query if key is None else key
         value = key if value is None else value
@@ -141,19 +207,14 @@ class MultiHeadAttention:
         for name, arr in (("key", k_in), ("value", v_in)):
             if arr.ndim != q_in.ndim:
                 raise ValueError(f"{name} must be {q_in.ndim}-D like query {q_in.shape}, got shape {arr.shape}")
-        for name, arr, size, attr in (("query", q_in, E, "d_model"), ("key", k_in, self.kdim, "kdim"), ("value", v_in, self.vdim, "vdim")):
+        for name, arr, size, attr in (("query", q_in, E, "d_model"), ("key", k_in, self.kdim, "kdim"),
+                                      ("value", v_in, self.vdim, "vdim")):
             if arr.shape[-1] != size:
                 raise ValueError(f"{name} must have {size} features ({attr}) in its last axis, got shape {arr.shape}")
-        batched = q_in.ndim == 3
-
-        def to_nle(x):  # caller's layout -> (N, L, features)
-            if not batched:
-                return x[None]                            # (L, E) -> (1, L, E)
-            return x if self.batch_first else x.transpose(1, 0, 2)   # (L, N, E) -> (N, L, E)
-
-        fused = k_in is q_in and v_in is q_in              # one input: one (E, 3E) projection
-        q3 = to_nle(q_in)
-        k3, v3 = (q3, q3) if fused else (to_nle(k_in), to_nle(v_in))
+        a = _Arguments(batched=q_in.ndim == 3, batch_first=self.batch_first)
+        a.self_attention = self_attention and k_in is q_in and v_in is q_in
+        q3 = a.from_caller(q_in, check=False)
+        k3, v3 = (q3, q3) if a.self_attention else (a.from_caller(k_in, check=False), a.from_caller(v_in, check=False))
         N, L, S = q3.shape[0], q3.shape[1], k3.shape[1]
         if k3.shape[0] != N or v3.shape[0] != N:
             raise ValueError(f"query, key and value must have the same batch size, got query {q_in.shape}, "
@@ -162,138 +223,60 @@ class MultiHeadAttention:
             raise ValueError(f"key and value must have the same sequence length, got key {k_in.shape} and value {v_in.shape}")
         if L == 0 or S == 0:
             raise ValueError(f"query and key must have at least one position, got query {q_in.shape} and key {k_in.shape}")
-        W_Q, W_K, W_V, W_O = (self._param(n, s) for n, s in zip(WEIGHT_NAMES, ((E, E), (self.kdim, E), (self.vdim, E), (E, E))))
-        b_Q, b_K, b_V, b_O = (self._param(n, (E,)) for n in BIAS_NAMES)
+        weights = (self._param(n, s) for n, s in zip(WEIGHT_NAMES, ((E, E), (self.kdim, E), (self.vdim, E), (E, E))))
+        biases = (self._param(n, (E,)) for n in BIAS_NAMES)
         bias_k, bias_v = self._param("bias_k", (E,)), self._param("bias_v", (E,))
         if (bias_k is None) != (bias_v is None):
             raise ValueError("bias_k and bias_v must both be arrays or both be None")
+        a.params = (*weights, *biases, bias_k, bias_v)
+        a.has_bias = any(b is not None for b in a.params[4:8])
         extra_keys = (bias_k is not None) + self.add_zero_attn
-        mask = merge_masks(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
-                           batched=batched, N=N, H=H, L=L, S=S, extra_keys=extra_keys, dtype=self.dtype)
-
-        with parallel.threads(_work_size(N, L, S, E, H)) as pmap:   # None: serial
-            x_q = q3.reshape(N * L, E)                    # (N, L, E) -> (N*L, E)
-            if fused:
-                qkv = matmul_rows(pmap, x_q, np.concatenate([W_Q, W_K, W_V], axis=1), _cat_bias(b_Q, b_K, b_V))
-                qkv = qkv.reshape(N, L, 3, H, hd).transpose(2, 0, 3, 1, 4)   # (N*L, 3E) -> (3, N, H, L, hd)
-                q, k, v = qkv[0], qkv[1], qkv[2]
-                x_k = x_v = x_q
-            else:
-                x_k, x_v = k3.reshape(N * S, self.kdim), v3.reshape(N * S, self.vdim)
-                q = matmul_rows(pmap, x_q, W_Q, b_Q).reshape(N, L, H, hd).transpose(0, 2, 1, 3)   # (N*L, E) -> (N, H, L, hd)
-                k = matmul_rows(pmap, x_k, W_K, b_K).reshape(N, S, H, hd).transpose(0, 2, 1, 3)   # (N*S, E) -> (N, H, S, hd)
-                v = matmul_rows(pmap, x_v, W_V, b_V).reshape(N, S, H, hd).transpose(0, 2, 1, 3)
-            if bias_k is not None:                        # one learned key/value shared by all sequences
-                k = np.concatenate([k, np.broadcast_to(bias_k.reshape(1, H, 1, hd), (N, H, 1, hd))], axis=2)
-                v = np.concatenate([v, np.broadcast_to(bias_v.reshape(1, H, 1, hd), (N, H, 1, hd))], axis=2)
-            if self.add_zero_attn:                        # one all-zero key/value per head
-                k = np.concatenate([k, np.zeros((N, H, 1, hd), self.dtype)], axis=2)
-                v = np.concatenate([v, np.zeros((N, H, 1, hd), self.dtype)], axis=2)
-
-            # The heads go straight into the merged layout: concat (N, L, H, hd) seen as (N, H, L, hd).
-            concat = np.empty((N, L, H, hd), dtype=self.dtype)
-            attn_caches = parallel.attention_chunks(pmap, q, k, v, mask, out=concat.transpose(0, 2, 1, 3))
-            concat = concat.reshape(N * L, E)             # (N, L, H, hd) -> (N*L, E), no copy
-            out = matmul_rows(pmap, concat, W_O, b_O).reshape(N, L, E)   # (N*L, E) -> (N, L, E)
-        if not batched:
-            out = out[0]                                  # (1, L, E) -> (L, E)
-        elif not self.batch_first:
-            out = out.transpose(1, 0, 2)                  # (N, L, E) -> (L, N, E)
+        a.mask = merge_masks(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
+                             batched=a.batched, N=N, H=H, L=L, S=S, extra_keys=extra_keys, dtype=self.dtype)
 
         # backward needs the inputs as they are now, even if the caller edits its arrays in between
         def own(x, arr):
             return x.copy() if np.may_share_memory(x, arr) else x
 
-        x_q = own(x_q, q_in)
-        x_k, x_v = (x_q, x_q) if fused else (own(x_k, k_in), own(x_v, v_in))
-        self._cache = dict(attn=attn_caches, concat=concat, x_q=x_q, x_k=x_k, x_v=x_v, fused=fused,
-                           self_attention=self_attention, batched=batched, N=N, L=L, S=S,
-                           out_shape=out.shape, params=(W_Q, W_K, W_V, W_O), bias_kv=bias_k is not None,
-                           has_bias={n: b is not None for n, b in zip(BIAS_NAMES, (b_Q, b_K, b_V, b_O))})
-        if not need_weights:
-            return out
-        weights = parallel.gather_weights(attn_caches, q.shape[:2])   # (N, H, L, S')
-        weights = weights.mean(axis=1) if average_attn_weights else weights.copy()
-        return out, (weights if batched else weights[0])
+        a.x_q = own(q3, q_in)
+        a.x_k, a.x_v = (a.x_q, a.x_q) if a.self_attention else (own(k3, k_in), own(v3, v_in))
+        a.L, a.S, a.out_shape, a.dtype = L, S, q_in.shape[:-1] + (E,), self.dtype
+        a.work = _work_size(N, L, S, E, H)
+        return a
 
-    def backward(self, grad_output):
-        """Gradients of the last forward for ``grad_output`` (the output's shape).
 
-        Returns the input gradient when the forward was ``m(x)`` (key and value
-        omitted), else ``(grad_query, grad_key, grad_value)``, each shaped like
-        its input. Parameter gradients go to ``self.grads`` by attribute name.
-        """
-        c = self._cache
-        if c is None:
-            raise RuntimeError("backward() called before forward(): run the forward pass first")
-        dout = as_float_array(grad_output, "grad_output", self.dtype)
-        if dout.shape != c["out_shape"]:
-            raise ValueError(f"grad_output must have the output's shape {c['out_shape']}, got {dout.shape}")
-        E, N, L, S = self.d_model, c["N"], c["L"], c["S"]
-        if not c["batched"]:
-            dout = dout[None]                             # (L, E) -> (1, L, E)
-        elif not self.batch_first:
-            dout = dout.transpose(1, 0, 2)                # (L, N, E) -> (N, L, E)
-        with parallel.threads(_work_size(N, L, S, E, self.num_heads)) as pmap:   # None: serial
-            grads, d_inputs = self._backward(pmap, dout.reshape(N * L, E))   # (N, L, E) -> (N*L, E)
-        self._store_grads(grads)
+class _Arguments:
+    """A forward's checked arguments, in the (N, L, features) layout, and the way back to the caller's."""
 
-        def to_input_layout(d, T):
-            d = d.reshape(N, T, -1)                       # (N*T, in) -> (N, T, in)
-            if not c["batched"]:
-                return d[0]
-            return d if self.batch_first else d.transpose(1, 0, 2)   # (N, T, in) -> (T, N, in)
+    def __init__(self, batched: bool, batch_first: bool) -> None:
+        self.batched, self.batch_first = batched, batch_first
 
-        if c["fused"] and c["self_attention"]:            # m(x): one input, one gradient
-            return to_input_layout(d_inputs, L)
-        dx_q, dx_k, dx_v = d_inputs
-        return to_input_layout(dx_q, L), to_input_layout(dx_k, S), to_input_layout(dx_v, S)
+    def from_caller(self, x, check: bool = True) -> np.ndarray:
+        """Caller's layout -> (N, L, features); with ``check``, x is grad_output and must be shaped like the output."""
+        if check:
+            x = as_float_array(x, "grad_output", self.dtype)
+            if x.shape != self.out_shape:
+                raise ValueError(f"grad_output must have the output's shape {self.out_shape}, got {x.shape}")
+        if not self.batched:
+            return x[None]                                # (L, E) -> (1, L, E)
+        return x if self.batch_first else x.transpose(1, 0, 2)   # (L, N, E) -> (N, L, E)
 
-    def _backward(self, pmap, d_out2):
-        """The gradients for d_out2 (N*L, E): ``(grads, dx)`` for ``m(x)``, else ``(grads, (dx_q, dx_k, dx_v))``."""
-        c = self._cache
-        E, H, hd, N, L, S = self.d_model, self.num_heads, self.head_dim, c["N"], c["L"], c["S"]
-        W_Q, W_K, W_V, W_O = c["params"]
-        grads = {"W_O": matmul_cols(pmap, c["concat"].T, d_out2)}   # (E, N*L) @ (N*L, E)
-        if c["has_bias"]["b_O"]:
-            grads["b_O"] = parallel.sum_rows(pmap, d_out2)
-        d_heads = matmul_rows(pmap, d_out2, W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)  # (N*L, E) -> (N, H, L, hd)
-        dq, dk, dv = parallel.attention_backward_chunks(pmap, d_heads, c["attn"])   # (N, H, L, hd), (N, H, S', hd) x 2
-        dk, dv = dk[:, :, :S + c["bias_kv"]], dv[:, :, :S + c["bias_kv"]]   # the zero key has no parameter
-        if c["bias_kv"]:
-            grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(E)   # (N, H, hd) -> (H, hd) -> (E,)
-            grads["bias_v"] = sum_rows(dv[:, :, S]).reshape(E)
-            dk, dv = dk[:, :, :S], dv[:, :, :S]
+    def to_caller(self, x: np.ndarray, weights: bool = False) -> np.ndarray:
+        """(N, L, features) -> the caller's layout; weights (N, [H,] L, S) only lose the batch axis if unbatched."""
+        if not self.batched:
+            return x[0]                                   # (1, L, E) -> (L, E)
+        return x if (self.batch_first or weights) else x.transpose(1, 0, 2)   # (N, L, E) -> (L, N, E)
 
-        if c["fused"]:
-            # the in-projection's output gradient, in its (N, L, 3, H, hd) layout: one copy per tensor
-            d_qkv = np.empty((N, L, 3, H, hd), dtype=self.dtype)
 
-            def put(i):
-                d_qkv[:, :, i] = (dq, dk, dv)[i].transpose(0, 2, 1, 3)   # (N, H, L, hd) -> (N, L, H, hd)
+def _cat(*Ws: np.ndarray) -> np.ndarray:
+    """Weights (in, E) side by side: (in, 3E), the fused in-projection."""
+    return np.concatenate(Ws, axis=1)
 
-            parallel.run(pmap, put, range(3))
-            d_qkv = d_qkv.reshape(N * L, 3 * E)           # (N, L, 3, H, hd) -> (N*L, 3E), no copy
-            d_w = matmul_cols(pmap, c["x_q"].T, d_qkv)    # (E, 3E): one matmul for the three weights
-            d_b = parallel.sum_rows(pmap, d_qkv)
-            for i, tag in enumerate("QKV"):
-                grads["W_" + tag] = d_w[:, i * E:(i + 1) * E]
-                if c["has_bias"]["b_" + tag]:
-                    grads["b_" + tag] = d_b[i * E:(i + 1) * E]
-            if c["self_attention"]:
-                return grads, matmul_rows(pmap, d_qkv, np.concatenate([W_Q, W_K, W_V], axis=1).T)   # (N*L, 3E) @ (3E, E)
-            return grads, tuple(matmul_rows(pmap, d_qkv[:, i * E:(i + 1) * E], W.T) for i, W in enumerate((W_Q, W_K, W_V)))
-        d_rows = {}
-        for tag, d, x, W, T in (("Q", dq, c["x_q"], W_Q, L), ("K", dk, c["x_k"], W_K, S), ("V", dv, c["x_v"], W_V, S)):
-            d2 = d.transpose(0, 2, 1, 3).reshape(N * T, E)   # (N, H, T, hd) -> (N, T, H, hd) -> (N*T, E)
-            grads["W_" + tag] = matmul_cols(pmap, x.T, d2)
-            if c["has_bias"]["b_" + tag]:
-                grads["b_" + tag] = parallel.sum_rows(pmap, d2)
-            d_rows[tag] = matmul_rows(pmap, d2, W.T)      # (N*T, E) @ (E, in) -> (N*T, in)
-        return grads, (d_rows["Q"], d_rows["K"], d_rows["V"])
 
-    def _store_grads(self, grads: dict) -> None:
-        self.grads = {name: grads[name] for name in PARAMETER_NAMES if name in grads}
+def _append_key(k: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """k (N, H, S, hd) with one more key (H, 1, hd) for every sequence: (N, H, S+1, hd)."""
+    N, H, _, hd = k.shape
+    return np.concatenate([k, np.broadcast_to(extra, (N, H, 1, hd))], axis=2)
 
 
 def _work_size(N, L, S, E, H) -> int:

@@ -40,10 +40,11 @@ def linear(x, W, b=None) -> np.ndarray:
     ``W`` is the transpose of torch's ``nn.Linear.weight`` (out, in).
     """
     x, W, b = linear_arguments(x, W, b)
-    out = x @ W                                      # (..., in) @ (in, out) -> (..., out)
+    x2 = x.reshape(-1, x.shape[-1])                  # (..., in) -> (rows, in): one matrix product
+    out = x2 @ W                                     # (rows, in) @ (in, out) -> (rows, out)
     if b is not None:
         out += b
-    return out
+    return out.reshape(*x.shape[:-1], W.shape[1])    # (rows, out) -> (..., out)
 
 
 def linear_backward(dout, x, W, has_bias: bool = True):
@@ -51,12 +52,12 @@ def linear_backward(dout, x, W, has_bias: bool = True):
 
     dout (..., out), x (..., in), W (in, out) -> dx (..., in), dW (in, out), db (out,).
     """
-    dx = dout @ W.T                                  # (..., out) @ (out, in) -> (..., in)
     x2 = x.reshape(-1, x.shape[-1])                  # (..., in) -> (rows, in)
     dout2 = dout.reshape(-1, dout.shape[-1])         # (..., out) -> (rows, out)
+    dx = dout2 @ W.T                                 # (rows, out) @ (out, in) -> (rows, in)
     dW = x2.T @ dout2                                # (in, rows) @ (rows, out) -> (in, out)
     db = sum_rows(dout2) if has_bias else None       # (out,)
-    return dx, dW, db
+    return dx.reshape(x.shape), dW, db               # (rows, in) -> (..., in)
 
 
 def split_heads(x, H: int) -> np.ndarray:

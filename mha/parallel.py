@@ -4,7 +4,7 @@ Why: NumPy's element-wise operations (the softmax and its backward) run on one
 core. Giving the matmuls to a multi-threaded BLAS does not help them either:
 after every call OpenBLAS's worker threads keep spinning on the other cores for
 about 0.1 s, so the softmax that follows a matmul competes with them. Instead,
-the layer splits its work into independent pieces (rows of a matmul, columns of
+the layer's blocks (swapped in by :mod:`mha._threaded`) split their work into independent pieces (rows of a matmul, columns of
 a weight gradient, sequences or heads of the attention) and runs the pieces in a
 small pool of Python threads (NumPy releases the GIL in both) while the BLAS is
 held to one thread. Every element is computed by the same operations in the same
@@ -27,7 +27,7 @@ import numpy as np
 from . import functional
 
 __all__ = ["get_num_threads", "set_num_threads", "threads", "split", "batch_head_chunks", "matmul_rows", "matmul_cols",
-           "sum_rows", "run", "attention_chunks", "gather_weights", "attention_backward_chunks"]
+           "sum_rows", "run"]
 
 _num_threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
 _pool: ThreadPoolExecutor | None = None
@@ -53,7 +53,9 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads from now on; 1 runs the plain serial code (like ``torch.set_num_threads``)."""
     global _num_threads, _pool
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be a positive int, got {type(n).__name__} {n!r}")
+    if n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if int(n) != _num_threads and _pool is not None:
         _pool.shutdown()
@@ -139,63 +141,9 @@ def matmul_cols(pmap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-# --- the attention core, in (sequence, head) chunks that threads can share --------------------------
-
 def run(pmap, fn, items) -> list:
     """``[fn(item) for item in items]``, in the thread pool when there is one."""
     return [fn(item) for item in items] if pmap is None else pmap(fn, list(items))
-
-
-def _chunk_of(mask, idx):
-    """The part of an additive mask, broadcastable to (N, H, L, S'), that chunk ``idx`` = (sequences, heads) sees."""
-    if mask is None:
-        return None
-    return mask[tuple(part if size > 1 else slice(None) for part, size in zip(idx, mask.shape))]
-
-
-def attention_chunks(pmap, q, k, v, mask, out):
-    """Attention of every (sequence, head) chunk, written into ``out`` (N, H, L, hd); returns [(idx, cache)].
-
-    Each chunk's softmax and matmuls are exactly those of one call over the whole batch:
-    the chunks only decide which thread computes which heads.
-    """
-    N, H = q.shape[:2]
-    chunks = [(slice(None), slice(None))] if pmap is None else batch_head_chunks(N, H, 4 * _num_threads)
-
-    def one_chunk(idx):
-        out[idx], cache = functional.attention_forward(q[idx], k[idx], v[idx], _chunk_of(mask, idx))
-        return idx, cache
-
-    return run(pmap, one_chunk, chunks)
-
-
-def gather_weights(caches, batch_heads):
-    """The attention weights (N, H, L, S') of all chunks, as one array."""
-    if len(caches) == 1:
-        return caches[0][1]["weights"]
-    first = caches[0][1]["weights"]
-    weights = np.empty(tuple(batch_heads) + first.shape[2:], dtype=first.dtype)
-    for idx, cache in caches:
-        weights[idx] = cache["weights"]
-    return weights
-
-
-def attention_backward_chunks(pmap, d_heads, caches):
-    """``(dq, dk, dv)`` of the whole batch from the chunks' caches; d_heads (N, H, L, hd)."""
-    if len(caches) == 1:                                  # one chunk covers the whole batch
-        return functional.attention_backward(d_heads, caches[0][1])
-    N, H = d_heads.shape[:2]
-    first = caches[0][1]
-    dq = np.empty(d_heads.shape[:3] + first["q_scaled"].shape[3:], dtype=d_heads.dtype)   # (N, H, L, hd)
-    dk = np.empty((N, H) + first["k"].shape[2:], dtype=d_heads.dtype)                    # (N, H, S', hd)
-    dv = np.empty((N, H) + first["v"].shape[2:], dtype=d_heads.dtype)
-
-    def one_chunk(item):
-        idx, cache = item
-        dq[idx], dk[idx], dv[idx] = functional.attention_backward(d_heads[idx], cache)
-
-    run(pmap, one_chunk, caches)
-    return dq, dk, dv
 
 
 def sum_rows(pmap, d):

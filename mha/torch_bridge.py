@@ -19,6 +19,7 @@ import numpy as np
 
 from ._checks import positive_int
 from .attention import BIAS_NAMES, PARAMETER_NAMES, MultiHeadAttention
+from .verify import max_abs_diff
 
 __all__ = ["load_weights_from_pytorch", "compare_outputs", "Comparison", "create_matching_mha",
            "analyze_weight_differences", "to_pytorch", "torch_state_dict"]
@@ -148,9 +149,8 @@ def compare_outputs(numpy_mha, pytorch_mha, x, atol: float = 1e-5, *, key=None, 
     theirs = _to_numpy(theirs, np.float64)
     if theirs.ndim == 3 and numpy_mha.batch_first != pytorch_mha.batch_first:
         theirs = theirs.transpose(1, 0, 2)
-    diff = np.abs(np.asarray(ours, dtype=np.float64) - theirs)
-    max_diff = float(np.max(diff)) if diff.size else 0.0
-    if np.isnan(diff).any():
+    max_diff = max_abs_diff(ours, theirs)
+    if np.isnan(max_diff) or np.isnan(theirs).any():      # a NaN never matches, even torch's own
         return Comparison(False, float("nan"))
     return Comparison(bool(max_diff <= atol), max_diff)
 
