@@ -14,6 +14,8 @@ The one implementation that every chapter of the book imports:
   :func:`to_pytorch`, :func:`torch_state_dict` (``mha.torch_bridge``; torch is imported lazily)
 - :class:`SequentialMHA`, one module per head, and its conversions (``mha.sequential``, ``mha.convert``)
 - ``mha.positional``: sinusoidal positional encoding and RoPE, forward and backward
+- attention at scale: ``mha.tiled`` (online softmax, tiled attention forward and backward),
+  ``mha.kv_cache`` (KV cache, decode step, grouped-query attention)
 - training: ``mha.losses`` (cross-entropy and its backward), ``mha.optim`` (Adam),
   ``mha.model`` (the tiny model and its torch twin), ``mha.train`` (tasks, the loop, accuracy)
 - ``mha.plot`` for the book's figures (imported on first use, so matplotlib is not needed to compute)
@@ -21,7 +23,7 @@ The one implementation that every chapter of the book imports:
 - ``mha.exercises``: the check cells of the book's exercises
 """
 
-from . import analysis, functional, losses, model, optim, positional, train
+from . import analysis, functional, kv_cache, losses, model, optim, positional, tiled, train
 from .attention import MultiHeadAttention
 from .convert import fused_to_sequential, sequential_to_fused
 from .functional import attention_weights, linear, merge_heads, scaled_dot_product_attention, softmax, split_heads
@@ -60,6 +62,8 @@ __all__ = [
     "functional",
     "analysis",
     "positional",
+    "tiled",
+    "kv_cache",
     "losses",
     "optim",
     "model",

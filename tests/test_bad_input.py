@@ -710,6 +710,7 @@ def test_every_public_function_is_exercised():
     covered |= {"losses", "optim", "model", "train"}  # misuse cases: tests/test_{losses,optim,model}.py
     covered |= {"linear", "split_heads", "merge_heads", "attention_weights", "functional"}  # tests/test_blocks.py
     covered |= {"analysis"}  # tests/test_analysis.py
+    covered |= {"tiled", "kv_cache"}  # tests/test_tiled.py, tests/test_kv_cache.py (test_bad_arguments_are_named)
     assert set(mha.__all__) <= covered, sorted(set(mha.__all__) - covered)
 
 
