@@ -103,8 +103,8 @@ def check_weights_shapes(predict_weights_shapes) -> bool | None:
                    f"({SHAPE_CASES[i][0]}): you said {got[i]}, the weights are {truth[i]}. "
                    f"{_SHAPES_WHY[i]}"))
         return False
-    print(wrap(f"Correct: all {len(truth)} shapes agree with the calls: "
-               + ", ".join(str(t) for t in truth) + "."))
+    print(f"Correct: all {len(truth)} shapes agree with the calls:")
+    print("  " + "   ".join(str(t) for t in truth))
     return True
 
 
