@@ -4,17 +4,23 @@ Each ``check_<name>(your_function)`` calls the reader's function on a few
 inputs drawn from a seeded generator (the same on every run and machine)
 and compares the result with a reference:
 
-- :func:`check_machine_epsilon`: ``machine_epsilon(dtype)``, the gap between
+- :func:`check_nan_prediction` (predict): ``predict_nan_rows()`` returns one
+  bool per case of :data:`NAN_CASES`, True where the softmax row comes out
+  NaN (the check runs the five cases);
+- :func:`check_fill_bug` (diagnose): ``name_the_bug()`` names, from
+  :data:`FILL_BUGS`, the bug behind :func:`mystery_softmax`, whose float16
+  scores and weights the chapter prints;
+- :func:`check_machine_epsilon` (build): ``machine_epsilon(dtype)``, the gap between
   1 and the next larger number of a NumPy float type, found by halving
   (``np.finfo(dtype).eps``); checked for float16, float32 and float64;
-- :func:`check_allclose`: ``allclose(a, b, rtol, atol)``, one bool, True
+- :func:`check_allclose` (build): ``allclose(a, b, rtol, atol)``, one bool, True
   when ``|a - b| <= atol + rtol * |b|`` holds for every element (finite
   inputs; ``b`` may broadcast against ``a``), as ``np.allclose`` decides;
-- :func:`check_tolerance_ratio`: ``tolerance_ratio(a, b, rtol, atol)``, the
+- :func:`check_tolerance_ratio` (build): ``tolerance_ratio(a, b, rtol, atol)``, the
   largest element-wise ``|a - b| / (atol + rtol * |b|)``: how many tolerances
   away the worst element is (at most 1 exactly when ``allclose`` is True).
 
-Both take the tolerances in ``np.allclose``'s order: ``rtol`` before ``atol``.
+The last two take the tolerances in ``np.allclose``'s order: ``rtol`` before ``atol``.
 
 ``COMMON_MISTAKES`` maps each check's name to a typical wrong answer; the
 test suite uses it to make sure every check can tell right from wrong.
@@ -25,14 +31,125 @@ from __future__ import annotations
 import numpy as np
 
 from ._core import check_function as _check_function
+from ._naming import check_name, check_prediction
 
-__all__ = ["check_machine_epsilon", "check_allclose", "check_tolerance_ratio", "COMMON_MISTAKES"]
+__all__ = ["check_nan_prediction", "NAN_CASES", "check_fill_bug", "mystery_softmax", "FILL_BUGS",
+           "check_machine_epsilon", "check_allclose", "check_tolerance_ratio", "COMMON_MISTAKES"]
 
 _SEED = 2007
 
 
 def _rng(offset: int) -> np.random.Generator:
     return np.random.default_rng(_SEED + offset)
+
+
+def _softmax(x):
+    """The usual softmax, the row maximum subtracted, in x's dtype: NaN for a row of -inf."""
+    with np.errstate(invalid="ignore"):                       # -inf - (-inf) in an all -inf row
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _naive_softmax(x):
+    with np.errstate(over="ignore", invalid="ignore"):        # exp overflows, inf / inf
+        e = np.exp(x)
+        return e / e.sum(axis=-1, keepdims=True)
+
+
+# --- predict: NaN or not? ------------------------------------------------------------------------
+
+NAN_CASES = (
+    "float16, every key blocked by a fill of -1e9 (np.where(blocked, -1e9, scores))",
+    "float32, the same -1e9 fill",
+    "float16, every key blocked by adding finfo(float16).min to scores (2, -20, 1)",
+    "float16, no mask, a naive softmax (no max subtracted) of the logits (12, 11, 10)",
+    "float16, no mask, the stable softmax of the same logits",
+)
+
+_NAN_WHY = {
+    0: "-1e9 does not exist in float16 (largest finite 65504): the fill is -inf, the row's "
+       "maximum is -inf, and -inf - (-inf) is NaN. (torch's masked_fill refuses -1e9 in "
+       "float16 with a RuntimeError; a cast, torch.tensor(-1e9).half(), gives -inf.)",
+    1: "In float32 -1e9 is finite: every key gets the same score and the softmax is "
+       "uniform, 1/3 each. Meaningless, but no NaN.",
+    2: "Only the scores below -16 overflow: 2 + min and 1 + min round back to -65504, "
+       "-20 + min is -inf. The row has finite entries, so it is [0.5, 0, 0.5]: wrong "
+       "weights (every key was blocked) but no NaN.",
+    3: "exp(12) = 162755 is above float16's 65504: inf, and inf / inf is NaN (from about "
+       "11.1 on, exp overflows float16).",
+    4: "After subtracting the row maximum the largest exponent is exp(0) = 1: nothing "
+       "overflows and the sum is at least 1.",
+}
+
+
+def _nan_rows():
+    f16 = np.float16
+    scores16 = np.array([2.0, -20.0, 1.0], dtype=f16)
+    blocked = np.ones(3, dtype=bool)
+    with np.errstate(over="ignore"):                          # the casts overflow on purpose
+        fill16 = np.where(blocked, -1e9, scores16)               # float16: -1e9 -> -inf
+        added16 = scores16 + np.where(blocked, np.finfo(f16).min, f16(0))
+    fill32 = np.where(blocked, -1e9, scores16.astype(np.float32))
+    logits = np.array([12.0, 11.0, 10.0], dtype=f16)
+    rows = (_softmax(fill16), _softmax(fill32), _softmax(added16), _naive_softmax(logits),
+            _softmax(logits))
+    return tuple(bool(np.isnan(row).any()) for row in rows)
+
+
+def check_nan_prediction(predict_nan_rows):
+    """``predict_nan_rows()`` -> five bools, one per case of NAN_CASES: True = NaN."""
+    return check_prediction(predict_nan_rows, name="predict_nan_rows", labels=NAN_CASES,
+                            truth=_nan_rows(), why=_NAN_WHY)
+
+
+def _every_float16_row_nan():
+    return (True, False, True, True, False)
+
+
+# --- diagnose: which fill? -----------------------------------------------------------------------
+
+FILL_BUGS = ("-1e9 fill in float16", "finfo.min added to the scores", "naive softmax in float16",
+             "sums accumulated in float16")
+
+_MYSTERY_SCORES = ((2.0, -1.0, 0.5, 3.0, -2.0),        # query 0: keys 1, 3, 4 blocked
+                   (1.5, 0.0, -0.5, 2.5, 1.0),         # query 1: key 2 blocked
+                   (-3.0, -20.0, 5.0, -30.0, -25.0),   # query 2: every key blocked
+                   (-18.0, -22.0, -40.0, -17.0, -30.0))  # query 3: every key blocked
+_MYSTERY_BLOCKED = ((False, True, False, True, True),
+                    (False, False, True, False, False),
+                    (True,) * 5, (True,) * 5)
+
+
+def mystery_softmax():
+    """(scores, blocked, weights): float16 scores (4, 5), the mask (True = blocked) and the
+    float16 weights of a masked softmax with one bug from :data:`FILL_BUGS`."""
+    scores = np.array(_MYSTERY_SCORES, dtype=np.float16)
+    blocked = np.array(_MYSTERY_BLOCKED)
+    with np.errstate(over="ignore"):                          # min + (score < -16) overflows
+        masked = scores + np.where(blocked, np.finfo(np.float16).min, np.float16(0))
+    return scores, blocked, _softmax(masked)
+
+
+_FILL_LOOKS = {
+    "-1e9 fill in float16": "every fully blocked row would be NaN, query 2's too: -1e9 is "
+                            "-inf in float16, whatever the scores are.",
+    "naive softmax in float16": "the fully blocked rows would both be NaN (exp of about "
+                                "-65504 is 0 for every key, and 0 / 0 is NaN), query 2's "
+                                "too.",
+    "sums accumulated in float16": "there would be no NaN at all: float16 sums of at most "
+                                   "five weights lose a few digits, not whole rows.",
+}
+
+
+def check_fill_bug(name_the_bug):
+    """``name_the_bug()`` -> one of FILL_BUGS, the bug behind ``mystery_softmax``."""
+    return check_name(
+        name_the_bug, name="name_the_bug", choices=FILL_BUGS,
+        answer="finfo.min added to the scores", explanations=_FILL_LOOKS,
+        correct="finfo.min added to the scores. Query 3's scores are all below -16, so "
+                "every one overflows to -inf and the row is NaN; query 2 has two scores "
+                "above -16 (-3 and 5), which round back to -65504, so it puts half its "
+                "weight on each of two blocked keys, wrong and without a NaN to warn you.")
 
 
 # --- machine_epsilon -----------------------------------------------------------------------------
@@ -128,6 +245,8 @@ def _tolerance_ratio_of_maxima(a, b, rtol, atol):
 
 
 COMMON_MISTAKES = {
+    "check_nan_prediction": _every_float16_row_nan,
+    "check_fill_bug": lambda: "-1e9 fill in float16",
     "check_machine_epsilon": _machine_epsilon_in_python_floats,
     "check_allclose": _allclose_scaled_by_a,
     "check_tolerance_ratio": _tolerance_ratio_of_maxima,

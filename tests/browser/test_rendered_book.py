@@ -18,6 +18,7 @@ import os
 import pathlib
 import re
 import shutil
+import struct
 import threading
 
 import pytest
@@ -87,6 +88,49 @@ def _titles():
 
 TITLES = _titles()
 
+# Legend and tick text must be at least this many CSS pixels high on the page (issue 9). A figure's
+# text is (its size in points) x (the PNG's dots per inch / 72) x (shown width / natural width):
+# the last two are measured, the points are matplotlib's default (10, for ticks and legends) unless
+# the figure's cell sets a smaller one explicitly (fontsize=, labelsize=, set_fontsize(...)).
+FONT_PX = 9
+DEFAULT_PT = 10.0
+NAMED_PT = {"xx-small": 5.79, "x-small": 6.94, "small": 8.33, "medium": 10.0, "large": 12.0,
+            "x-large": 14.4, "xx-large": 17.28}
+EXPLICIT_PT = re.compile(r"\b(?:fontsize|labelsize)\s*=\s*([\d.]+|[\"'][\w-]+[\"'])|set_fontsize\(\s*([\d.]+)")
+
+
+def _smallest_pt(source: str) -> float:
+    sizes = [DEFAULT_PT]
+    for number, call in EXPLICIT_PT.findall(source):
+        value = (number or call).strip("\"'")
+        sizes.append(NAMED_PT[value] if value in NAMED_PT else float(value))
+    return min(sizes)
+
+
+def _figure_sources(page: str) -> list[str]:
+    """The source of the cell behind each figure of a notebook page, in page order."""
+    path = (ROOT / page).with_suffix(".ipynb")
+    if not path.exists():
+        return []
+    sources = []
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "code" or "remove-cell" in cell["metadata"].get("tags", []):
+            continue
+        for out in cell.get("outputs", []):
+            if "image/png" in out.get("data", {}):
+                sources.append("".join(cell["source"]))
+    return sources
+
+
+def _png_dpi(path: pathlib.Path) -> float:
+    """Dots per inch from a PNG's pHYs chunk (matplotlib writes it), else matplotlib's 100."""
+    data = path.read_bytes()
+    at = data.find(b"pHYs")
+    if at < 0:
+        return 100.0
+    per_metre, _, unit = struct.unpack(">IIB", data[at + 4:at + 13])
+    return per_metre * 0.0254 if unit == 1 else 100.0
+
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders(page, base_url, browser):
@@ -126,6 +170,20 @@ def test_page_renders(page, base_url, browser):
         "article img", "imgs => imgs.filter(i => i.clientWidth > 0 && i.naturalWidth / i.clientWidth > 1.6)"
                        ".map(i => `${i.naturalWidth} px shown at ${i.clientWidth} px`)")
     assert not shrunk, f"figures shrunk more than 1.6 times, their text unreadable: {shrunk}"
+    figures = tab.eval_on_selector_all(
+        "article div.cell_output img",
+        "imgs => imgs.map(i => [new URL(i.src).pathname, i.naturalWidth, i.clientWidth])")
+    sources = _figure_sources(page)
+    assert len(figures) == len(sources), f"{len(figures)} figures on the page, {len(sources)} in the notebook"
+    small = []
+    for number, ((src, natural, shown), source) in enumerate(zip(figures, sources)):
+        dpi = _png_dpi(HTML / src.lstrip("/"))
+        points = _smallest_pt(source)
+        pixels = points * dpi / 72 * shown / max(natural, 1)
+        if pixels < FONT_PX:
+            small.append(f"figure {number + 1} ({natural} px shown at {shown} px, {dpi:.0f} dpi, "
+                         f"{points:g} pt): {pixels:.1f} px")
+    assert not small, f"figure text below {FONT_PX} px (make the figure narrower or its text larger): {small}"
     broken = tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
     assert not broken, f"images that did not load: {broken}"
     sidebar = tab.inner_text("nav.bd-links")
