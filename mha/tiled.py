@@ -88,6 +88,8 @@ def _grouped(query, key, value, attn_mask, enable_gqa):
 
 def causal_blocks(L: int, S: int, block_q: int, block_k: int) -> tuple[int, int]:
     """(blocks computed, blocks skipped) of a top-left causal (L, S) mask cut into tiles."""
+    L, S = positive_int(L, "L"), positive_int(S, "S")
+    block_q, block_k = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
     computed = skipped = 0
     for i in range(0, L, block_q):
         for j in range(0, S, block_k):
@@ -166,6 +168,8 @@ def tiled_attention_backward(dout, cache: dict):
     ``D = rowsum(dout * out)``, ``ds = p * (dout @ v^T - D)`` (the softmax backward, whose
     row sum ``sum_j p_j dp_j`` equals ``D``). No (L, S) array is formed.
     """
+    if not isinstance(cache, dict) or "lse" not in cache or "block_q" not in cache:
+        raise TypeError(f"cache must be the dict that tiled_attention_forward returned, got {type(cache).__name__}")
     query, key, value = cache["query"], cache["key"], cache["value"]
     is_causal, scale, bq_size, bk_size = cache["is_causal"], cache["scale"], cache["block_q"], cache["block_k"]
     q, k, v, mask, out_shape = _grouped(query, key, value, cache["attn_mask"], cache["enable_gqa"])

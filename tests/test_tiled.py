@@ -211,3 +211,12 @@ def test_bad_arrays_and_dout_are_named():
         tiled_attention_backward(np.ones((2, 4, 7)), cache)
     with pytest.raises(TypeError, match="block"):
         online_softmax(q, block=None)
+
+
+def test_bad_block_counts_and_cache_are_named():
+    with pytest.raises(ValueError, match="block_q"):
+        causal_blocks(4, 4, 0, 1)
+    with pytest.raises(TypeError, match="L"):
+        causal_blocks(4.0, 4, 1, 1)
+    with pytest.raises(TypeError, match="cache"):
+        tiled_attention_backward(np.ones((2, 2)), {})
