@@ -32,21 +32,23 @@ def test_wrong_prediction_explains_the_case(capsys):
     assert "4 bools" in capsys.readouterr().out
 
 
-def test_mystery_errors_have_the_np_tile_signature():
+def test_mystery_errors_have_the_top_left_signature():
     errors = scale.mystery_errors()
     assert errors.shape == (5, 4)
-    assert np.all(errors[:, [0, 3]] < 1e-12)                                 # heads 0 and 3: right by luck
-    assert np.all(errors[:, [1, 2]] > 0.1)                                   # 1 and 2: their neighbours' heads
-    assert (np.tile(np.arange(2), 2) == np.repeat(np.arange(2), 2)).tolist() == [True, False, False, True]
+    assert np.all(errors[0] < 1e-12)                                         # the square prefill is right
+    assert np.all(errors[1:] > 1e-3)                                         # every step, every head wrong
+    # the same top-left triangle as torch's is_causal=True
+    mask = torch.ones(1, 4, dtype=torch.bool).tril()
+    assert mask.tolist() == [[True, False, False, False]]
 
 
 def test_every_wrong_bug_name_is_explained(capsys):
     for name in scale.DECODING_BUGS:
-        assert scale.check_decoding_bug(lambda name=name: name) is (name == "np.tile head pairing")
+        assert scale.check_decoding_bug(lambda name=name: name) is (name == "top-left causal mask")
     assert scale.check_decoding_bug(lambda: "a bug not on the list") is False
     out = capsys.readouterr().out
     assert out.count("Not quite") == len(scale.DECODING_BUGS)
-    assert "Which heads are wrong" in out
+    assert "Which rows are wrong" in out
     for line in out.splitlines():
         assert len(line) <= 88, line
 
@@ -64,7 +66,7 @@ def test_merge_reference_equals_full_attention():
 
 @pytest.mark.parametrize("check, answer", [
     (scale.check_decode_masks, lambda: [False, True, False, True]),
-    (scale.check_decoding_bug, lambda: "np.tile head pairing"),
+    (scale.check_decoding_bug, lambda: "top-left causal mask"),
     (scale.check_merge_partials, scale._merge_partials),
 ])
 def test_reference_passes_mistake_fails_untouched_not_attempted(check, answer, capsys):

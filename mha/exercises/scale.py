@@ -82,11 +82,6 @@ DECODING_BUGS = ("top-left causal mask", "np.tile head pairing", "cache sized by
 _H, _HKV, _PROMPT, _STEPS = 4, 2, 3, 4
 
 
-def _expand_tiled(kv, H):
-    """The bug: key/value heads repeated as a block (0, 1, 0, 1) instead of (0, 0, 1, 1)."""
-    return np.tile(kv, (1, H // kv.shape[1], 1, 1))
-
-
 def mystery_errors() -> np.ndarray:
     """(1 + steps, H) largest |error| of a buggy GQA decoder against the full causal forward.
 
@@ -97,8 +92,7 @@ def mystery_errors() -> np.ndarray:
     rng = _rng(2)
     layer = kv_cache.GroupedQueryAttention(16, _H, _HKV, seed=_SEED, dtype=np.float64)
     x = rng.standard_normal((1, _PROMPT + _STEPS, 16))
-    w, hd = layer.weights, layer.head_dim
-    F = functional
+    w, hd, F = layer.weights, layer.head_dim, functional
     heads_full = F.scaled_dot_product_attention(                        # (1, H, T, hd), the reference
         F.split_heads(F.linear(x, w["W_Q"]), _H), F.split_heads(F.linear(x, w["W_K"]), _HKV),
         F.split_heads(F.linear(x, w["W_V"]), _HKV), is_causal=True, enable_gqa=True)
@@ -109,35 +103,34 @@ def mystery_errors() -> np.ndarray:
         q = F.split_heads(F.linear(xs, w["W_Q"]), _H)                    # (1, H, T, hd)
         keys, values = cache.update(0, F.split_heads(F.linear(xs, w["W_K"]), _HKV),
                                     F.split_heads(F.linear(xs, w["W_V"]), _HKV))
-        mask = kv_cache.bottom_right_causal_mask(stop - start, stop)
-        heads = F.scaled_dot_product_attention(q, _expand_tiled(keys, _H), _expand_tiled(values, _H),
-                                               attn_mask=mask)
+        mask = np.tril(np.ones((stop - start, stop), dtype=bool))        # the bug: top-left
+        heads = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         rows.append(np.abs(heads - heads_full[:, :, start:stop]).max(axis=(0, 2, 3)))   # (H,)
         start = stop
     return np.array(rows)
 
 
 _DECODING_LOOKS = {
-    "top-left causal mask": "the prefill row would be right (a square block: top-left and bottom-right "
-                            "agree) and every decode step wrong, in every head",
+    "np.tile head pairing": "some query heads would be right at every step, the prefill included (those "
+                            "whose key/value head np.tile and np.repeat agree on), and the others wrong "
+                            "at every step",
     "cache sized by query heads": "every error would be zero: a cache that holds each key/value head "
                                   "H / Hkv times gives the right outputs and wastes memory (or, with "
                                   "mha's KVCache, raises a ValueError naming Hkv)",
-    "key rotated twice": "there is no RoPE in this decoder; and a twice-rotated key spoils every head, "
-                         "not some of them",
+    "key rotated twice": "there is no RoPE in this decoder (and a key rotated twice in the cache is "
+                         "wrong from the prefill on)",
 }
 
 
 def check_decoding_bug(name_the_decoding_bug):
     """``name_the_decoding_bug()`` -> one of DECODING_BUGS, the bug behind :func:`mystery_errors`."""
     return _check_name(name_the_decoding_bug, name="name_the_decoding_bug", choices=DECODING_BUGS,
-                       answer="np.tile head pairing",
-                       explanations={k: v + ". Which heads are wrong, and which right?"
+                       answer="top-left causal mask",
+                       explanations={k: v + ". Which rows are wrong, and which heads?"
                                      for k, v in _DECODING_LOOKS.items()},
-                       correct="np.tile head pairing. Query heads 0 and 3 read the right key/value "
-                               "heads by luck (np.tile gives 0, 1, 0, 1 where np.repeat gives 0, 0, "
-                               "1, 1); heads 1 and 2 read their neighbours', in the prefill and at "
-                               "every step.")
+                       correct="top-left causal mask. The prefill is a square block, where the top-left "
+                               "and the bottom-right triangles coincide; at every decode step the one "
+                               "new query sees key 0 only, in every head.")
 
 
 # --- build: merge two partial attentions with their log-sum-exps ----------------------------------
@@ -191,6 +184,6 @@ def _plain_mean(out_a, lse_a, out_b, lse_b):
 
 COMMON_MISTAKES = {
     "check_decode_masks": lambda: [False, False, False, True],
-    "check_decoding_bug": lambda: "top-left causal mask",
+    "check_decoding_bug": lambda: "np.tile head pairing",
     "check_merge_partials": _plain_mean,
 }
