@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from . import parallel
 from ._checks import as_float_array, positive_int, sdpa_arguments
 from .functional import _unbroadcast
 
@@ -86,6 +87,11 @@ def _grouped(query, key, value, attn_mask, enable_gqa):
     return q, k, v, mask, batch + (L, value.shape[-1])
 
 
+def _work(q, k) -> int:
+    """Elements of work of one pass, for mha.parallel's threshold: queries times (features + keys)."""
+    return int(np.prod(q.shape[:-1])) * (q.shape[-1] + k.shape[-2])
+
+
 def causal_blocks(L: int, S: int, block_q: int, block_k: int) -> tuple[int, int]:
     """(blocks computed, blocks skipped) of a top-left causal (L, S) mask cut into tiles."""
     L, S = positive_int(L, "L"), positive_int(S, "S")
@@ -130,29 +136,40 @@ def tiled_attention_forward(query, key, value, attn_mask=None, is_causal: bool =
     L, S, dt = q.shape[-2], k.shape[-2], q.dtype.type
     out = np.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)   # (..., G, g, L, Ev)
     lse = np.empty(q.shape[:-1], dtype=q.dtype)                     # (..., G, g, L)
-    skipped = 0
-    for i in range(0, L, block_q):
+
+    def query_block(i: int) -> int:
+        """Rows i .. i + block_q of out and lse; returns the number of key blocks skipped."""
         qi = q[..., i:i + block_q, :] * dt(scale)                  # (..., bq, E), scaled as mha.functional does
         bq = qi.shape[-2]
         m = np.full(qi.shape[:-1], -np.inf, dtype=q.dtype)         # (..., bq) running maximum
         l = np.zeros(qi.shape[:-1], dtype=q.dtype)                 # (..., bq) running sum
         acc = np.zeros(qi.shape[:-1] + (v.shape[-1],), dtype=q.dtype)   # (..., bq, Ev) unnormalised output
+        skipped = 0
         for j in range(0, S, block_k):
             if is_causal and j > i + bq - 1:                       # every key of the block is after every query
-                skipped += len(range(j, S, block_k))
+                skipped = len(range(j, S, block_k))
                 break
             s = _scores(qi, k[..., j:j + block_k, :], mask, is_causal, i, j)   # (..., bq, bk)
             m_new = np.maximum(m, s.max(axis=-1))
             shift = _finite(m_new)
-            p = np.exp(s - shift[..., None])                       # (..., bq, bk)
+            s -= shift[..., None]
+            p = np.exp(s, out=s)                                   # (..., bq, bk), in place of the scores
             alpha = np.exp(m - shift)                              # rescales what was summed with the old max
             l = alpha * l + p.sum(axis=-1)
-            acc = alpha[..., None] * acc + p @ v[..., j:j + block_k, :]   # (..., bq, bk) @ (..., bk, Ev)
+            acc *= alpha[..., None]
+            acc += p @ v[..., j:j + block_k, :]                    # (..., bq, bk) @ (..., bk, Ev)
             m = m_new
         empty = l == 0                                             # every key masked
         out[..., i:i + bq, :] = acc / np.where(empty, 1, l)[..., None]
         with np.errstate(divide="ignore"):
             lse[..., i:i + bq] = np.where(empty, -np.inf, _finite(m) + np.log(l))
+        return skipped
+
+    # The query blocks are independent: on large inputs they share mha.parallel's threads (the BLAS held to
+    # one thread, which small tile matmuls need); every block is computed the same way either way.
+    starts = range(0, L, block_q)
+    with parallel.threads(_work(q, k)) as pmap:
+        skipped = sum(pmap(query_block, starts) if pmap else map(query_block, starts))
     cache = {"query": query, "key": key, "value": value, "attn_mask": attn_mask, "is_causal": is_causal,
              "scale": scale, "enable_gqa": enable_gqa, "block_q": block_q, "block_k": block_k,
              "out": out, "lse": lse, "skipped": skipped}
@@ -181,26 +198,33 @@ def tiled_attention_backward(dout, cache: dict):
     lse = np.where(np.isneginf(lse), np.inf, lse)                  # all masked: exp(s - inf) = 0
     D = np.sum(do * cache["out"], axis=-1)                         # (..., G, g, L)
     dt = q.dtype.type(scale)
-    L, S = q.shape[-2], k.shape[-2]
+    L = q.shape[-2]
     dq = np.zeros(q.shape, dtype=q.dtype)                          # (..., G, g, L, E)
     dk = np.zeros(k.shape, dtype=q.dtype)                          # (..., G, 1, S, E)
     dv = np.zeros(v.shape, dtype=q.dtype)                          # (..., G, 1, S, Ev)
-    for i in range(0, L, bq_size):
-        qi = q[..., i:i + bq_size, :] * dt                         # (..., bq, E)
-        doi, Di, lsei = do[..., i:i + bq_size, :], D[..., i:i + bq_size], lse[..., i:i + bq_size]
-        for j in range(0, S, bk_size):
-            if is_causal and j > i + qi.shape[-2] - 1:
-                break
-            kj, vj = k[..., j:j + bk_size, :], v[..., j:j + bk_size, :]
-            p = np.exp(_scores(qi, kj, mask, is_causal, i, j) - lsei[..., None])   # (..., bq, bk) weights
-            pT = np.swapaxes(p, -1, -2)                            # (..., bk, bq)
-            dv[..., j:j + bk_size, :] += (pT @ doi).sum(axis=-3, keepdims=True)    # sum over the group
-            ds = p * (doi @ np.swapaxes(vj, -1, -2) - Di[..., None])               # (..., bq, bk)
-            dq[..., i:i + bq_size, :] += (ds @ kj) * dt
-            dk[..., j:j + bk_size, :] += (np.swapaxes(ds, -1, -2) @ qi).sum(axis=-3, keepdims=True)
+    with parallel.threads(_work(q, k)):                            # the BLAS on one thread for the small tiles
+        for i in range(0, L, bq_size):
+            _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size)
     dq = dq.reshape(out_shape[:-1] + (q.shape[-1],))               # (..., G, g, L, E) -> (..., H, L, E)
     dk, dv = dk[..., 0, :, :], dv[..., 0, :, :]                    # (..., G, 1, S, E) -> (..., G, S, E)
     return _unbroadcast(dq, query.shape), _unbroadcast(dk, key.shape), _unbroadcast(dv, value.shape)
+
+
+def _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size):
+    """One block of queries of the backward: adds to dq[i:i + bq], and to every dk, dv block it sees."""
+    S = k.shape[-2]
+    qi = q[..., i:i + bq_size, :] * dt                             # (..., bq, E)
+    doi, Di, lsei = do[..., i:i + bq_size, :], D[..., i:i + bq_size], lse[..., i:i + bq_size]
+    for j in range(0, S, bk_size):
+        if is_causal and j > i + qi.shape[-2] - 1:
+            break
+        kj, vj = k[..., j:j + bk_size, :], v[..., j:j + bk_size, :]
+        p = np.exp(_scores(qi, kj, mask, is_causal, i, j) - lsei[..., None])   # (..., bq, bk) weights
+        pT = np.swapaxes(p, -1, -2)                                # (..., bk, bq)
+        dv[..., j:j + bk_size, :] += (pT @ doi).sum(axis=-3, keepdims=True)    # sum over the group
+        ds = p * (doi @ np.swapaxes(vj, -1, -2) - Di[..., None])               # (..., bq, bk)
+        dq[..., i:i + bq_size, :] += (ds @ kj) * dt
+        dk[..., j:j + bk_size, :] += (np.swapaxes(ds, -1, -2) @ qi).sum(axis=-3, keepdims=True)
 
 
 def tiled_attention(query, key, value, attn_mask=None, is_causal: bool = False, scale: float | None = None,

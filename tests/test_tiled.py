@@ -220,3 +220,28 @@ def test_bad_block_counts_and_cache_are_named():
         causal_blocks(4.0, 4, 1, 1)
     with pytest.raises(TypeError, match="cache"):
         tiled_attention_backward(np.ones((2, 2)), {})
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_threaded_query_blocks_match_serial_and_torch(is_causal):
+    # Large enough for mha.parallel's pool (work above MIN_PARALLEL_SIZE): the query blocks run in
+    # threads with the BLAS on one thread; every block is computed as in the serial run.
+    from mha import parallel
+    rng, q, k, v = _case(np.float32, (1, 4, 300, 32), (1, 4, 300, 32), 32, 12)
+    assert parallel.MIN_PARALLEL_SIZE < 4 * 300 * (32 + 300)
+    dout = rng.standard_normal((1, 4, 300, 32)).astype(np.float32)
+    before = parallel.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            parallel.set_num_threads(n)
+            out, cache = tiled_attention_forward(q, k, v, is_causal=is_causal, block_q=64, block_k=96)
+            results.append((out, cache["skipped"], *tiled_attention_backward(dout, cache)))
+    finally:
+        parallel.set_num_threads(before)
+    for serial, threaded in zip(*results):
+        np.testing.assert_array_equal(serial, threaded)
+    expected = _torch_reference(q, k, v, dout, is_causal=is_causal)
+    for got, want in zip((results[1][0], *results[1][2:]), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert results[1][1] == (causal_blocks(300, 300, 64, 96)[1] if is_causal else 0)
