@@ -24,7 +24,7 @@ from ._checks import as_float_array, positive_int, sdpa_arguments
 from .functional import _unbroadcast
 
 __all__ = ["online_softmax", "tiled_attention_forward", "tiled_attention_backward", "tiled_attention",
-           "causal_blocks"]
+           "causal_blocks", "sliding_window_mask"]
 
 
 def online_softmax(x, block: int = 4) -> np.ndarray:
@@ -52,10 +52,37 @@ def _finite(m: np.ndarray) -> np.ndarray:
     return np.where(np.isneginf(m), m.dtype.type(0), m)
 
 
-def _arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k):
-    """All checks in one place: SDPA's rules, then the block sizes."""
+def _arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k, window):
+    """All checks in one place: SDPA's rules, then the block sizes and the window."""
     query, key, value, attn_mask = sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa)
-    return query, key, value, attn_mask, positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
+    return (query, key, value, attn_mask, positive_int(block_q, "block_q"), positive_int(block_k, "block_k"),
+            _window(window, is_causal))
+
+
+def _window(window, is_causal) -> int | None:
+    if window is None:
+        return None
+    window = positive_int(window, "window")
+    if not is_causal:
+        raise ValueError(f"window (a causal sliding window of {window} keys) needs is_causal=True, "
+                         f"got is_causal={is_causal!r}")
+    return window
+
+
+def sliding_window_mask(L: int, S: int, window: int) -> np.ndarray:
+    """Bool (L, S), True where query ``i`` may see key ``j``: ``i - window < j <= i`` (top-left, as
+    ``is_causal``). The explicit mask that ``tiled_attention_forward(..., is_causal=True, window=window)``
+    applies without forming it."""
+    L, S, window = positive_int(L, "L"), positive_int(S, "S"), positive_int(window, "window")
+    rows, cols = np.arange(L)[:, None], np.arange(S)[None, :]
+    return (cols <= rows) & (cols > rows - window)
+
+
+def _skip(i: int, bq: int, j: int, bk: int, is_causal: bool, window: int | None) -> bool:
+    """True when tile (queries i..i+bq-1, keys j..j+bk-1) is masked entirely by is_causal / window."""
+    if is_causal and j > i + bq - 1:                    # every key after every query
+        return True
+    return window is not None and j + bk - 1 <= i - window   # every key before every query's window
 
 
 def _grouped(query, key, value, attn_mask, enable_gqa):
@@ -92,21 +119,26 @@ def _work(q, k) -> int:
     return int(np.prod(q.shape[:-1])) * (q.shape[-1] + k.shape[-2])
 
 
-def causal_blocks(L: int, S: int, block_q: int, block_k: int) -> tuple[int, int]:
-    """(blocks computed, blocks skipped) of a top-left causal (L, S) mask cut into tiles."""
+def causal_blocks(L: int, S: int, block_q: int, block_k: int, window: int | None = None) -> tuple[int, int]:
+    """(blocks computed, blocks skipped) of a top-left causal (L, S) mask cut into tiles.
+
+    With ``window``, query ``i`` sees keys ``i - window < j <= i`` only (a causal sliding window),
+    and the tiles left of every window are skipped too.
+    """
     L, S = positive_int(L, "L"), positive_int(S, "S")
     block_q, block_k = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
+    window = _window(window, True)
     computed = skipped = 0
     for i in range(0, L, block_q):
         for j in range(0, S, block_k):
-            if j > min(i + block_q, L) - 1:
+            if _skip(i, min(block_q, L - i), j, min(block_k, S - j), True, window):
                 skipped += 1
             else:
                 computed += 1
     return computed, skipped
 
 
-def _scores(qi, kj, mask, is_causal, i, j):
+def _scores(qi, kj, mask, is_causal, i, j, window=None):
     """One block of scores (..., bq, bk) with the mask applied: -inf where a key is blocked."""
     s = qi @ np.swapaxes(kj, -1, -2)                    # (..., bq, E) @ (..., E, bk) -> (..., bq, bk)
     bq, bk = s.shape[-2:]
@@ -116,21 +148,26 @@ def _scores(qi, kj, mask, is_causal, i, j):
     if is_causal and j + bk - 1 > i:                    # the block crosses the diagonal
         rows, cols = np.arange(i, i + bq)[:, None], np.arange(j, j + bk)[None, :]
         s = np.where(cols <= rows, s, -np.inf)
+    if window is not None and j <= i + bq - 1 - window:  # the block reaches left of some query's window
+        rows, cols = np.arange(i, i + bq)[:, None], np.arange(j, j + bk)[None, :]
+        s = np.where(cols > rows - window, s, -np.inf)
     return s
 
 
 def tiled_attention_forward(query, key, value, attn_mask=None, is_causal: bool = False,
                             scale: float | None = None, enable_gqa: bool = False,
-                            block_q: int = 128, block_k: int = 512):
+                            block_q: int = 128, block_k: int = 512, window: int | None = None):
     """``F.scaled_dot_product_attention`` computed in tiles: returns ``(out, cache)``.
 
     out (..., L, Ev); ``cache["lse"]`` (..., L) is each query's log-sum-exp of its scaled,
     masked scores (-inf for a query whose keys are all masked: its output is zeros).
     ``cache["skipped"]`` counts the (query block, key block) tiles that ``is_causal`` left out
-    without computing them. Arguments as :func:`mha.functional.scaled_dot_product_attention`.
+    without computing them. Arguments as :func:`mha.functional.scaled_dot_product_attention`;
+    ``window`` (with ``is_causal=True``) is a causal sliding window: query ``i`` sees the keys
+    ``i - window < j <= i`` only, and the tiles left of every window are skipped as well.
     """
-    query, key, value, attn_mask, block_q, block_k = _arguments(
-        query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k)
+    query, key, value, attn_mask, block_q, block_k, window = _arguments(
+        query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k, window)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     q, k, v, mask, out_shape = _grouped(query, key, value, attn_mask, enable_gqa)
     L, S, dt = q.shape[-2], k.shape[-2], q.dtype.type
@@ -147,9 +184,12 @@ def tiled_attention_forward(query, key, value, attn_mask=None, is_causal: bool =
         skipped = 0
         for j in range(0, S, block_k):
             if is_causal and j > i + bq - 1:                       # every key of the block is after every query
-                skipped = len(range(j, S, block_k))
+                skipped += len(range(j, S, block_k))
                 break
-            s = _scores(qi, k[..., j:j + block_k, :], mask, is_causal, i, j)   # (..., bq, bk)
+            if _skip(i, bq, j, min(block_k, S - j), is_causal, window):   # left of every query's window
+                skipped += 1
+                continue
+            s = _scores(qi, k[..., j:j + block_k, :], mask, is_causal, i, j, window)   # (..., bq, bk)
             m_new = np.maximum(m, s.max(axis=-1))
             shift = _finite(m_new)
             s -= shift[..., None]
@@ -171,7 +211,7 @@ def tiled_attention_forward(query, key, value, attn_mask=None, is_causal: bool =
     with parallel.threads(_work(q, k)) as pmap:
         skipped = sum(pmap(query_block, starts) if pmap else map(query_block, starts))
     cache = {"query": query, "key": key, "value": value, "attn_mask": attn_mask, "is_causal": is_causal,
-             "scale": scale, "enable_gqa": enable_gqa, "block_q": block_q, "block_k": block_k,
+             "scale": scale, "enable_gqa": enable_gqa, "block_q": block_q, "block_k": block_k, "window": window,
              "out": out, "lse": lse, "skipped": skipped}
     lse_shape = out_shape[:-1]
     cache["lse"] = lse.reshape(lse_shape)                          # (..., G, g, L) -> (..., H, L)
@@ -204,13 +244,14 @@ def tiled_attention_backward(dout, cache: dict):
     dv = np.zeros(v.shape, dtype=q.dtype)                          # (..., G, 1, S, Ev)
     with parallel.threads(_work(q, k)):                            # the BLAS on one thread for the small tiles
         for i in range(0, L, bq_size):
-            _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size)
+            _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size,
+                           cache.get("window"))
     dq = dq.reshape(out_shape[:-1] + (q.shape[-1],))               # (..., G, g, L, E) -> (..., H, L, E)
     dk, dv = dk[..., 0, :, :], dv[..., 0, :, :]                    # (..., G, 1, S, E) -> (..., G, S, E)
     return _unbroadcast(dq, query.shape), _unbroadcast(dk, key.shape), _unbroadcast(dv, value.shape)
 
 
-def _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size):
+def _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size, window):
     """One block of queries of the backward: adds to dq[i:i + bq], and to every dk, dv block it sees."""
     S = k.shape[-2]
     qi = q[..., i:i + bq_size, :] * dt                             # (..., bq, E)
@@ -219,7 +260,9 @@ def _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_s
         if is_causal and j > i + qi.shape[-2] - 1:
             break
         kj, vj = k[..., j:j + bk_size, :], v[..., j:j + bk_size, :]
-        p = np.exp(_scores(qi, kj, mask, is_causal, i, j) - lsei[..., None])   # (..., bq, bk) weights
+        if _skip(i, qi.shape[-2], j, kj.shape[-2], is_causal, window):
+            continue
+        p = np.exp(_scores(qi, kj, mask, is_causal, i, j, window) - lsei[..., None])   # (..., bq, bk) weights
         pT = np.swapaxes(p, -1, -2)                                # (..., bk, bq)
         dv[..., j:j + bk_size, :] += (pT @ doi).sum(axis=-3, keepdims=True)    # sum over the group
         ds = p * (doi @ np.swapaxes(vj, -1, -2) - Di[..., None])               # (..., bq, bk)
@@ -228,8 +271,9 @@ def _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_s
 
 
 def tiled_attention(query, key, value, attn_mask=None, is_causal: bool = False, scale: float | None = None,
-                    enable_gqa: bool = False, block_q: int = 128, block_k: int = 512) -> np.ndarray:
+                    enable_gqa: bool = False, block_q: int = 128, block_k: int = 512,
+                    window: int | None = None) -> np.ndarray:
     """The output of :func:`tiled_attention_forward` alone (..., L, Ev)."""
     out, _ = tiled_attention_forward(query, key, value, attn_mask, is_causal, scale, enable_gqa,
-                                     block_q, block_k)
+                                     block_q, block_k, window)
     return out
