@@ -28,7 +28,16 @@ __all__ = ["KVCache", "kv_cache_bytes", "bottom_right_causal_mask", "decode_step
 def kv_cache_bytes(num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, length: int,
                    dtype=np.float32) -> int:
     """Bytes of keys and values for ``length`` positions: 2 * layers * N * Hkv * length * hd * itemsize."""
-    return 2 * num_layers * batch_size * num_kv_heads * length * head_dim * np.dtype(dtype).itemsize
+    num_layers, batch_size = positive_int(num_layers, "num_layers"), positive_int(batch_size, "batch_size")
+    num_kv_heads, head_dim = positive_int(num_kv_heads, "num_kv_heads"), positive_int(head_dim, "head_dim")
+    length = _non_negative_int(length, "length")
+    try:
+        itemsize = np.dtype(dtype).itemsize if np.issubdtype(dtype, np.floating) else None
+    except TypeError:
+        itemsize = None
+    if itemsize is None:
+        raise TypeError(f"dtype must be a NumPy float dtype (e.g. np.float16, np.float32), got {dtype!r}")
+    return 2 * num_layers * batch_size * num_kv_heads * length * head_dim * itemsize
 
 
 def bottom_right_causal_mask(L: int, S: int) -> np.ndarray:
@@ -37,7 +46,18 @@ def bottom_right_causal_mask(L: int, S: int) -> np.ndarray:
     For L = S it is the ordinary causal mask; for L < S (a decode step, a chunk of a prefill)
     the last query sees every key. ``np.tril(ones((L, S)))`` is top-left: wrong there.
     """
+    L, S = positive_int(L, "L"), positive_int(S, "S")
+    if L > S:
+        raise ValueError(f"L (the new queries) must be at most S (every key, cached and new), got L={L}, S={S}")
     return np.tril(np.ones((L, S), dtype=bool), k=S - L)
+
+
+def _non_negative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative int, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
+    return int(value)
 
 
 class KVCache:
@@ -138,6 +158,33 @@ def _step_arguments(x, cache, layer, E, Hkv, hd, dtype):
     return x
 
 
+def _weight_arguments(weights, num_heads):
+    """Checks of a decode step's weights: (W_Q, W_K, E, head_dim, Hkv)."""
+    if not isinstance(weights, dict):
+        raise TypeError(f"weights must be a dict of arrays (W_Q, W_K, W_V, W_O), got {type(weights).__name__}")
+    missing = [n for n in ("W_Q", "W_K", "W_V", "W_O") if n not in weights]
+    if missing:
+        raise ValueError(f"weights must hold W_Q, W_K, W_V and W_O, missing {', '.join(missing)}")
+    num_heads = positive_int(num_heads, "num_heads")
+    W_Q, W_K, W_V, W_O = (weights[n] for n in ("W_Q", "W_K", "W_V", "W_O"))
+    for name, w in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V), ("W_O", W_O)):
+        if not isinstance(w, np.ndarray) or w.ndim != 2:
+            raise ValueError(f"weights[{name!r}] must be a 2-D array (in, out), got "
+                             f"{getattr(w, 'shape', type(w).__name__)}")
+    E = W_Q.shape[0]
+    if W_Q.shape[1] % num_heads:
+        raise ValueError(f"num_heads ({num_heads}) must divide W_Q's {W_Q.shape[1]} output features")
+    hd = W_Q.shape[1] // num_heads
+    if W_K.shape[0] != E or W_K.shape[1] % hd or num_heads % max(W_K.shape[1] // hd, 1) \
+            or W_K.shape[1] == 0:
+        raise ValueError(f"W_K must be (E, Hkv * head_dim) = ({E}, Hkv * {hd}) with Hkv dividing num_heads "
+                         f"({num_heads}), got {W_K.shape}")
+    if W_V.shape != W_K.shape or W_O.shape != (W_Q.shape[1], E):
+        raise ValueError(f"W_V must be {W_K.shape} like W_K and W_O ({W_Q.shape[1]}, {E}), "
+                         f"got {W_V.shape} and {W_O.shape}")
+    return W_Q, W_K, E, hd, W_K.shape[1] // hd
+
+
 def decode_step(x, weights: dict, num_heads: int, cache: KVCache, layer: int = 0) -> np.ndarray:
     """Self-attention of T new tokens over the cache and themselves: x (N, T, E) -> (N, T, E).
 
@@ -145,9 +192,7 @@ def decode_step(x, weights: dict, num_heads: int, cache: KVCache, layer: int = 0
     layout, and optional b_Q, b_K, b_V, b_O. T > 1 is a prefill (or a chunk of one); T = 1
     a decode step. Decoding into an empty cache is allowed: it is a prefill of one token.
     """
-    W_Q, W_K = weights["W_Q"], weights["W_K"]
-    E, hd = W_Q.shape[0], W_Q.shape[1] // num_heads
-    Hkv = W_K.shape[1] // hd
+    W_Q, W_K, E, hd, Hkv = _weight_arguments(weights, num_heads)
     x = _step_arguments(x, cache, layer, E, Hkv, hd, W_Q.dtype)
     q = split_heads(linear(x, W_Q, weights.get("b_Q")), num_heads)   # (N, T, E) -> (N, H, T, hd)
     k = split_heads(linear(x, W_K, weights.get("b_K")), Hkv)         # (N, T, Hkv*hd) -> (N, Hkv, T, hd)

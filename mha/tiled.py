@@ -19,11 +19,12 @@ import math
 
 import numpy as np
 
+from . import parallel
 from ._checks import as_float_array, positive_int, sdpa_arguments
 from .functional import _unbroadcast
 
 __all__ = ["online_softmax", "tiled_attention_forward", "tiled_attention_backward", "tiled_attention",
-           "causal_blocks"]
+           "causal_blocks", "sliding_window_mask"]
 
 
 def online_softmax(x, block: int = 4) -> np.ndarray:
@@ -51,10 +52,37 @@ def _finite(m: np.ndarray) -> np.ndarray:
     return np.where(np.isneginf(m), m.dtype.type(0), m)
 
 
-def _arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k):
-    """All checks in one place: SDPA's rules, then the block sizes."""
+def _arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k, window):
+    """All checks in one place: SDPA's rules, then the block sizes and the window."""
     query, key, value, attn_mask = sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa)
-    return query, key, value, attn_mask, positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
+    return (query, key, value, attn_mask, positive_int(block_q, "block_q"), positive_int(block_k, "block_k"),
+            _window(window, is_causal))
+
+
+def _window(window, is_causal) -> int | None:
+    if window is None:
+        return None
+    window = positive_int(window, "window")
+    if not is_causal:
+        raise ValueError(f"window (a causal sliding window of {window} keys) needs is_causal=True, "
+                         f"got is_causal={is_causal!r}")
+    return window
+
+
+def sliding_window_mask(L: int, S: int, window: int) -> np.ndarray:
+    """Bool (L, S), True where query ``i`` may see key ``j``: ``i - window < j <= i`` (top-left, as
+    ``is_causal``). The explicit mask that ``tiled_attention_forward(..., is_causal=True, window=window)``
+    applies without forming it."""
+    L, S, window = positive_int(L, "L"), positive_int(S, "S"), positive_int(window, "window")
+    rows, cols = np.arange(L)[:, None], np.arange(S)[None, :]
+    return (cols <= rows) & (cols > rows - window)
+
+
+def _skip(i: int, bq: int, j: int, bk: int, is_causal: bool, window: int | None) -> bool:
+    """True when tile (queries i..i+bq-1, keys j..j+bk-1) is masked entirely by is_causal / window."""
+    if is_causal and j > i + bq - 1:                    # every key after every query
+        return True
+    return window is not None and j + bk - 1 <= i - window   # every key before every query's window
 
 
 def _grouped(query, key, value, attn_mask, enable_gqa):
@@ -86,19 +114,31 @@ def _grouped(query, key, value, attn_mask, enable_gqa):
     return q, k, v, mask, batch + (L, value.shape[-1])
 
 
-def causal_blocks(L: int, S: int, block_q: int, block_k: int) -> tuple[int, int]:
-    """(blocks computed, blocks skipped) of a top-left causal (L, S) mask cut into tiles."""
+def _work(q, k) -> int:
+    """Elements of work of one pass, for mha.parallel's threshold: queries times (features + keys)."""
+    return int(np.prod(q.shape[:-1])) * (q.shape[-1] + k.shape[-2])
+
+
+def causal_blocks(L: int, S: int, block_q: int, block_k: int, window: int | None = None) -> tuple[int, int]:
+    """(blocks computed, blocks skipped) of a top-left causal (L, S) mask cut into tiles.
+
+    With ``window``, query ``i`` sees keys ``i - window < j <= i`` only (a causal sliding window),
+    and the tiles left of every window are skipped too.
+    """
+    L, S = positive_int(L, "L"), positive_int(S, "S")
+    block_q, block_k = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
+    window = _window(window, True)
     computed = skipped = 0
     for i in range(0, L, block_q):
         for j in range(0, S, block_k):
-            if j > min(i + block_q, L) - 1:
+            if _skip(i, min(block_q, L - i), j, min(block_k, S - j), True, window):
                 skipped += 1
             else:
                 computed += 1
     return computed, skipped
 
 
-def _scores(qi, kj, mask, is_causal, i, j):
+def _scores(qi, kj, mask, is_causal, i, j, window=None):
     """One block of scores (..., bq, bk) with the mask applied: -inf where a key is blocked."""
     s = qi @ np.swapaxes(kj, -1, -2)                    # (..., bq, E) @ (..., E, bk) -> (..., bq, bk)
     bq, bk = s.shape[-2:]
@@ -108,51 +148,70 @@ def _scores(qi, kj, mask, is_causal, i, j):
     if is_causal and j + bk - 1 > i:                    # the block crosses the diagonal
         rows, cols = np.arange(i, i + bq)[:, None], np.arange(j, j + bk)[None, :]
         s = np.where(cols <= rows, s, -np.inf)
+    if window is not None and j <= i + bq - 1 - window:  # the block reaches left of some query's window
+        rows, cols = np.arange(i, i + bq)[:, None], np.arange(j, j + bk)[None, :]
+        s = np.where(cols > rows - window, s, -np.inf)
     return s
 
 
 def tiled_attention_forward(query, key, value, attn_mask=None, is_causal: bool = False,
                             scale: float | None = None, enable_gqa: bool = False,
-                            block_q: int = 128, block_k: int = 512):
+                            block_q: int = 128, block_k: int = 512, window: int | None = None):
     """``F.scaled_dot_product_attention`` computed in tiles: returns ``(out, cache)``.
 
     out (..., L, Ev); ``cache["lse"]`` (..., L) is each query's log-sum-exp of its scaled,
     masked scores (-inf for a query whose keys are all masked: its output is zeros).
     ``cache["skipped"]`` counts the (query block, key block) tiles that ``is_causal`` left out
-    without computing them. Arguments as :func:`mha.functional.scaled_dot_product_attention`.
+    without computing them. Arguments as :func:`mha.functional.scaled_dot_product_attention`;
+    ``window`` (with ``is_causal=True``) is a causal sliding window: query ``i`` sees the keys
+    ``i - window < j <= i`` only, and the tiles left of every window are skipped as well.
     """
-    query, key, value, attn_mask, block_q, block_k = _arguments(
-        query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k)
+    query, key, value, attn_mask, block_q, block_k, window = _arguments(
+        query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k, window)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     q, k, v, mask, out_shape = _grouped(query, key, value, attn_mask, enable_gqa)
     L, S, dt = q.shape[-2], k.shape[-2], q.dtype.type
     out = np.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)   # (..., G, g, L, Ev)
     lse = np.empty(q.shape[:-1], dtype=q.dtype)                     # (..., G, g, L)
-    skipped = 0
-    for i in range(0, L, block_q):
+
+    def query_block(i: int) -> int:
+        """Rows i .. i + block_q of out and lse; returns the number of key blocks skipped."""
         qi = q[..., i:i + block_q, :] * dt(scale)                  # (..., bq, E), scaled as mha.functional does
         bq = qi.shape[-2]
         m = np.full(qi.shape[:-1], -np.inf, dtype=q.dtype)         # (..., bq) running maximum
         l = np.zeros(qi.shape[:-1], dtype=q.dtype)                 # (..., bq) running sum
         acc = np.zeros(qi.shape[:-1] + (v.shape[-1],), dtype=q.dtype)   # (..., bq, Ev) unnormalised output
+        skipped = 0
         for j in range(0, S, block_k):
             if is_causal and j > i + bq - 1:                       # every key of the block is after every query
                 skipped += len(range(j, S, block_k))
                 break
-            s = _scores(qi, k[..., j:j + block_k, :], mask, is_causal, i, j)   # (..., bq, bk)
+            if _skip(i, bq, j, min(block_k, S - j), is_causal, window):   # left of every query's window
+                skipped += 1
+                continue
+            s = _scores(qi, k[..., j:j + block_k, :], mask, is_causal, i, j, window)   # (..., bq, bk)
             m_new = np.maximum(m, s.max(axis=-1))
             shift = _finite(m_new)
-            p = np.exp(s - shift[..., None])                       # (..., bq, bk)
+            s -= shift[..., None]
+            p = np.exp(s, out=s)                                   # (..., bq, bk), in place of the scores
             alpha = np.exp(m - shift)                              # rescales what was summed with the old max
             l = alpha * l + p.sum(axis=-1)
-            acc = alpha[..., None] * acc + p @ v[..., j:j + block_k, :]   # (..., bq, bk) @ (..., bk, Ev)
+            acc *= alpha[..., None]
+            acc += p @ v[..., j:j + block_k, :]                    # (..., bq, bk) @ (..., bk, Ev)
             m = m_new
         empty = l == 0                                             # every key masked
         out[..., i:i + bq, :] = acc / np.where(empty, 1, l)[..., None]
         with np.errstate(divide="ignore"):
             lse[..., i:i + bq] = np.where(empty, -np.inf, _finite(m) + np.log(l))
+        return skipped
+
+    # The query blocks are independent: on large inputs they share mha.parallel's threads (the BLAS held to
+    # one thread, which small tile matmuls need); every block is computed the same way either way.
+    starts = range(0, L, block_q)
+    with parallel.threads(_work(q, k)) as pmap:
+        skipped = sum(pmap(query_block, starts) if pmap else map(query_block, starts))
     cache = {"query": query, "key": key, "value": value, "attn_mask": attn_mask, "is_causal": is_causal,
-             "scale": scale, "enable_gqa": enable_gqa, "block_q": block_q, "block_k": block_k,
+             "scale": scale, "enable_gqa": enable_gqa, "block_q": block_q, "block_k": block_k, "window": window,
              "out": out, "lse": lse, "skipped": skipped}
     lse_shape = out_shape[:-1]
     cache["lse"] = lse.reshape(lse_shape)                          # (..., G, g, L) -> (..., H, L)
@@ -166,6 +225,8 @@ def tiled_attention_backward(dout, cache: dict):
     ``D = rowsum(dout * out)``, ``ds = p * (dout @ v^T - D)`` (the softmax backward, whose
     row sum ``sum_j p_j dp_j`` equals ``D``). No (L, S) array is formed.
     """
+    if not isinstance(cache, dict) or "lse" not in cache or "block_q" not in cache:
+        raise TypeError(f"cache must be the dict that tiled_attention_forward returned, got {type(cache).__name__}")
     query, key, value = cache["query"], cache["key"], cache["value"]
     is_causal, scale, bq_size, bk_size = cache["is_causal"], cache["scale"], cache["block_q"], cache["block_k"]
     q, k, v, mask, out_shape = _grouped(query, key, value, cache["attn_mask"], cache["enable_gqa"])
@@ -177,31 +238,42 @@ def tiled_attention_backward(dout, cache: dict):
     lse = np.where(np.isneginf(lse), np.inf, lse)                  # all masked: exp(s - inf) = 0
     D = np.sum(do * cache["out"], axis=-1)                         # (..., G, g, L)
     dt = q.dtype.type(scale)
-    L, S = q.shape[-2], k.shape[-2]
+    L = q.shape[-2]
     dq = np.zeros(q.shape, dtype=q.dtype)                          # (..., G, g, L, E)
     dk = np.zeros(k.shape, dtype=q.dtype)                          # (..., G, 1, S, E)
     dv = np.zeros(v.shape, dtype=q.dtype)                          # (..., G, 1, S, Ev)
-    for i in range(0, L, bq_size):
-        qi = q[..., i:i + bq_size, :] * dt                         # (..., bq, E)
-        doi, Di, lsei = do[..., i:i + bq_size, :], D[..., i:i + bq_size], lse[..., i:i + bq_size]
-        for j in range(0, S, bk_size):
-            if is_causal and j > i + qi.shape[-2] - 1:
-                break
-            kj, vj = k[..., j:j + bk_size, :], v[..., j:j + bk_size, :]
-            p = np.exp(_scores(qi, kj, mask, is_causal, i, j) - lsei[..., None])   # (..., bq, bk) weights
-            pT = np.swapaxes(p, -1, -2)                            # (..., bk, bq)
-            dv[..., j:j + bk_size, :] += (pT @ doi).sum(axis=-3, keepdims=True)    # sum over the group
-            ds = p * (doi @ np.swapaxes(vj, -1, -2) - Di[..., None])               # (..., bq, bk)
-            dq[..., i:i + bq_size, :] += (ds @ kj) * dt
-            dk[..., j:j + bk_size, :] += (np.swapaxes(ds, -1, -2) @ qi).sum(axis=-3, keepdims=True)
+    with parallel.threads(_work(q, k)):                            # the BLAS on one thread for the small tiles
+        for i in range(0, L, bq_size):
+            _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size,
+                           cache.get("window"))
     dq = dq.reshape(out_shape[:-1] + (q.shape[-1],))               # (..., G, g, L, E) -> (..., H, L, E)
     dk, dv = dk[..., 0, :, :], dv[..., 0, :, :]                    # (..., G, 1, S, E) -> (..., G, S, E)
     return _unbroadcast(dq, query.shape), _unbroadcast(dk, key.shape), _unbroadcast(dv, value.shape)
 
 
+def _backward_rows(i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size, window):
+    """One block of queries of the backward: adds to dq[i:i + bq], and to every dk, dv block it sees."""
+    S = k.shape[-2]
+    qi = q[..., i:i + bq_size, :] * dt                             # (..., bq, E)
+    doi, Di, lsei = do[..., i:i + bq_size, :], D[..., i:i + bq_size], lse[..., i:i + bq_size]
+    for j in range(0, S, bk_size):
+        if is_causal and j > i + qi.shape[-2] - 1:
+            break
+        kj, vj = k[..., j:j + bk_size, :], v[..., j:j + bk_size, :]
+        if _skip(i, qi.shape[-2], j, kj.shape[-2], is_causal, window):
+            continue
+        p = np.exp(_scores(qi, kj, mask, is_causal, i, j, window) - lsei[..., None])   # (..., bq, bk) weights
+        pT = np.swapaxes(p, -1, -2)                                # (..., bk, bq)
+        dv[..., j:j + bk_size, :] += (pT @ doi).sum(axis=-3, keepdims=True)    # sum over the group
+        ds = p * (doi @ np.swapaxes(vj, -1, -2) - Di[..., None])               # (..., bq, bk)
+        dq[..., i:i + bq_size, :] += (ds @ kj) * dt
+        dk[..., j:j + bk_size, :] += (np.swapaxes(ds, -1, -2) @ qi).sum(axis=-3, keepdims=True)
+
+
 def tiled_attention(query, key, value, attn_mask=None, is_causal: bool = False, scale: float | None = None,
-                    enable_gqa: bool = False, block_q: int = 128, block_k: int = 512) -> np.ndarray:
+                    enable_gqa: bool = False, block_q: int = 128, block_k: int = 512,
+                    window: int | None = None) -> np.ndarray:
     """The output of :func:`tiled_attention_forward` alone (..., L, Ev)."""
     out, _ = tiled_attention_forward(query, key, value, attn_mask, is_causal, scale, enable_gqa,
-                                     block_q, block_k)
+                                     block_q, block_k, window)
     return out

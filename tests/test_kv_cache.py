@@ -172,3 +172,30 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="num_kv_heads"):
         GroupedQueryAttention(24, 4, 3)
     assert len(cache) == 0                                      # nothing was appended by a failed call
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda w, c, x: decode_step(x, w, 5, c), ValueError, "num_heads"),
+    (lambda w, c, x: decode_step(x, w, 0, c), ValueError, "num_heads"),
+    (lambda w, c, x: decode_step(x, w, "4", c), TypeError, "num_heads"),
+    (lambda w, c, x: decode_step(x, {"W_Q": w["W_Q"]}, 4, c), ValueError, "missing W_K, W_V, W_O"),
+    (lambda w, c, x: decode_step(x, [w], 4, c), TypeError, "weights"),
+    (lambda w, c, x: decode_step(x, dict(w, W_K=w["W_K"][:, :6]), 4, c), ValueError, "W_V"),
+    (lambda w, c, x: decode_step(x, dict(w, W_O=w["W_O"][:, :18]), 4, c), ValueError, "W_O"),
+    (lambda w, c, x: decode_step(x, dict(w, W_K=w["W_K"][:3]), 4, c), ValueError, "W_K"),
+    (lambda w, c, x: kv_cache_bytes(1, 1, 1, 1, -1), ValueError, "length"),
+    (lambda w, c, x: kv_cache_bytes(1, 1, 0, 1, 1), ValueError, "num_kv_heads"),
+    (lambda w, c, x: kv_cache_bytes(1, 1, 1, 1, 1, dtype=int), TypeError, "dtype"),
+    (lambda w, c, x: bottom_right_causal_mask(4, 2), ValueError, "L=4, S=2"),
+    (lambda w, c, x: bottom_right_causal_mask(0, 2), ValueError, "L must be"),
+])
+def test_bad_decode_arguments_are_named(call, error, words):
+    layer = GroupedQueryAttention(24, 4, 2, seed=0)
+    cache = layer.new_cache(1)
+    with pytest.raises(error, match=words):
+        call(layer.weights, cache, np.zeros((1, 1, 24), np.float32))
+    assert len(cache) == 0
+
+
+def test_kv_cache_bytes_of_half_precision():
+    assert kv_cache_bytes(2, 1, 4, 8, 10, dtype=np.float16) == 2 * 2 * 4 * 8 * 10 * 2

@@ -211,3 +211,79 @@ def test_bad_arrays_and_dout_are_named():
         tiled_attention_backward(np.ones((2, 4, 7)), cache)
     with pytest.raises(TypeError, match="block"):
         online_softmax(q, block=None)
+
+
+def test_bad_block_counts_and_cache_are_named():
+    with pytest.raises(ValueError, match="block_q"):
+        causal_blocks(4, 4, 0, 1)
+    with pytest.raises(TypeError, match="L"):
+        causal_blocks(4.0, 4, 1, 1)
+    with pytest.raises(TypeError, match="cache"):
+        tiled_attention_backward(np.ones((2, 2)), {})
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_threaded_query_blocks_match_serial_and_torch(is_causal):
+    # Large enough for mha.parallel's pool (work above MIN_PARALLEL_SIZE): the query blocks run in
+    # threads with the BLAS on one thread; every block is computed as in the serial run.
+    from mha import parallel
+    rng, q, k, v = _case(np.float32, (1, 4, 300, 32), (1, 4, 300, 32), 32, 12)
+    assert parallel.MIN_PARALLEL_SIZE < 4 * 300 * (32 + 300)
+    dout = rng.standard_normal((1, 4, 300, 32)).astype(np.float32)
+    before = parallel.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            parallel.set_num_threads(n)
+            out, cache = tiled_attention_forward(q, k, v, is_causal=is_causal, block_q=64, block_k=96)
+            results.append((out, cache["skipped"], *tiled_attention_backward(dout, cache)))
+    finally:
+        parallel.set_num_threads(before)
+    for serial, threaded in zip(*results):
+        np.testing.assert_array_equal(serial, threaded)
+    expected = _torch_reference(q, k, v, dout, is_causal=is_causal)
+    for got, want in zip((results[1][0], *results[1][2:]), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert results[1][1] == (causal_blocks(300, 300, 64, 96)[1] if is_causal else 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("window", [1, 3, 8, 40])
+@pytest.mark.parametrize("block_q, block_k", [(1, 1), (3, 5), (8, 4), (64, 64)])
+def test_sliding_window_matches_the_explicit_mask_in_torch(dtype, window, block_q, block_k):
+    from mha.tiled import sliding_window_mask
+    rng, q, k, v = _case(dtype, (2, 3, 21, 8), (2, 3, 21, 8), 6, window)
+    out, cache = tiled_attention_forward(q, k, v, is_causal=True, window=window, block_q=block_q,
+                                         block_k=block_k)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = tiled_attention_backward(dout, cache)
+    expected = _torch_reference(q, k, v, dout, attn_mask=sliding_window_mask(21, 21, window))
+    for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype], err_msg=name)
+    assert cache["skipped"] == causal_blocks(21, 21, block_q, block_k, window)[1]
+
+
+def test_sliding_window_skips_the_tiles_left_of_every_window():
+    from mha.tiled import sliding_window_mask
+    mask = sliding_window_mask(5, 5, 2)
+    np.testing.assert_array_equal(mask, np.tril(np.ones((5, 5), bool)) & ~np.tril(np.ones((5, 5), bool), -2))
+    # 16 x 16 in 4 x 4 tiles, window 4: the diagonal and the tile just left of it, 7 of 16 computed
+    assert causal_blocks(16, 16, 4, 4) == (10, 6)
+    assert causal_blocks(16, 16, 4, 4, window=4) == (7, 9)
+    assert causal_blocks(16, 16, 4, 4, window=100) == (10, 6)   # a window longer than the sequence: causal
+    rng, q, k, v = _case(np.float64, (1, 16, 4), (1, 16, 4), 4, 0)
+    out, cache = tiled_attention_forward(q, k, v, is_causal=True, window=4, block_q=4, block_k=4)
+    assert cache["skipped"] == 9
+    np.testing.assert_allclose(out, mha.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(16, 16, 4)),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"window": 4}, ValueError, "needs is_causal=True"),
+    ({"window": 0, "is_causal": True}, ValueError, "window"),
+    ({"window": 2.0, "is_causal": True}, TypeError, "window"),
+])
+def test_bad_window_is_named(kwargs, error, words):
+    rng, q, k, v = _case(np.float64, (4, 8), (6, 8), 8, 0)
+    with pytest.raises(error, match=words):
+        tiled_attention_forward(q, k, v, **kwargs)
