@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test install lint unit nbval browser clean bench test-colab test-notorch repo
+.PHONY: book test install lint unit nbval browser clean bench bench-scale test-colab test-notorch repo
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ test: lint unit nbval book browser
 
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python benchmarks/bench_mha.py
+
+bench-scale: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python benchmarks/bench_scale.py
 
 # The Colab floor: the oldest versions the package promises (pyproject.toml), in .venv-colab on
 # Python 3.11 (the only Python whose torch, 2.13.0 CPU, installs here without a CUDA download).
