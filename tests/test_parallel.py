@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_torch_parity import CONSTRUCTOR, LAYOUTS, MASKS, _ids, check_case, make_masks
+from helpers import CONSTRUCTOR, LAYOUTS, MASKS, check_case, make_masks, option_ids
 from threadpoolctl import threadpool_info
 
 import mha
@@ -54,7 +54,7 @@ def _run(m, q, k, v, grad_seed=0, **kwargs):
 @pytest.mark.parametrize("N, H", [(9, 2), (3, 4), (1, 4), (2, 1), (5, 2)],
                          ids=["batch-split", "batch-and-head-split", "head-split", "one-head", "uneven"])
 @pytest.mark.parametrize("options", [{}, {"add_bias_kv": True, "add_zero_attn": True}, {"kdim": 6, "vdim": 10},
-                                     {"bias": False}], ids=_ids)
+                                     {"bias": False}], ids=option_ids)
 def test_threads_change_no_bit_of_any_result(threaded, N, H, options):
     E, L, S = 8, 5, 7
     rng = np.random.default_rng(1)
@@ -79,7 +79,7 @@ def test_threads_change_no_bit_of_any_result(threaded, N, H, options):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("mask_kind", MASKS[::2])
-@pytest.mark.parametrize("options", CONSTRUCTOR[::3], ids=_ids)
+@pytest.mark.parametrize("options", CONSTRUCTOR[::3], ids=option_ids)
 def test_threaded_layer_matches_torch_cross_attention(threaded, options, mask_kind, dtype):
     check_case(options, mask_kind, "batch_first", dtype, self_attention=False, average=False, seed=11)
     assert len(threaded) > 1

@@ -16,11 +16,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import TOL
 
 from mha import positional
 from mha.positional import apply_rope, apply_rope_backward, rope_frequencies, rotate_half, sinusoidal_encoding
 
-TOL = {np.float32: 1e-5, np.float64: 1e-10}
 TORCH = {np.float32: torch.float32, np.float64: torch.float64}
 
 

@@ -23,7 +23,6 @@ from hypothesis.extra import numpy as hnp
 import mha
 
 DTYPES = st.sampled_from([np.float32, np.float64])
-TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
 def deterministic(max_examples):

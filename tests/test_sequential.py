@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from helpers import assert_close, tol_for, torch_run
 
 from mha.sequential import Head, Linear, Parameter, SequentialMHA, in_proj_bias, in_proj_weight
 
 torch = pytest.importorskip("torch")
 
-TOL = {np.float32: 1e-5, np.float64: 1e-10}
 
 
 # ---------------------------------------------------------------- helpers
@@ -33,14 +33,6 @@ def torch_twin(seq, torch_dtype=None):
     return m
 
 
-def torch_run(m, x, dy, **kwargs):
-    """Self-attention forward and backward in torch: (out, dx, attention weights)."""
-    xt = torch.tensor(x, dtype=m.in_proj_weight.dtype, requires_grad=True)
-    out, weights = m(xt, xt, xt, **kwargs)
-    out.backward(torch.tensor(dy, dtype=out.dtype))
-    return out.detach().numpy(), xt.grad.numpy(), weights
-
-
 def grads_pairs(seq, m):
     """(ours, torch's) for every parameter gradient, under torch's names."""
     pairs = {
@@ -63,8 +55,9 @@ def seed_scenario(x_low):
     out = seq(x)
     dy = rng.standard_normal(out.shape).astype(np.float32)
     dx = seq.backward(dy)
-    out_t, dx_t, _ = torch_run(m, x, dy, need_weights=False)
-    return seq, m, x, dy, {"out": (out, out_t), "dx": (dx, dx_t), **grads_pairs(seq, m)}
+    out_t, _, (dx_t,), _ = torch_run(m, x, grad_output=dy, self_attention=True, need_weights=False)
+    pairs = {"out": (out, out_t.detach().numpy()), "dx": (dx, dx_t.numpy()), **grads_pairs(seq, m)}
+    return seq, m, x, dy, pairs
 
 
 # ---------------------------------------------------------------- the seed's scenario
@@ -87,7 +80,7 @@ def test_seed_scenario_with_nonnegative_inputs():
     for name in ("out", "dx"):
         np.testing.assert_allclose(*pairs[name], atol=1e-5, rtol=1e-5, err_msg=name)
     m64 = torch_twin(seq, torch.float64)
-    torch_run(m64, x.astype(np.float64), dy.astype(np.float64), need_weights=False)
+    torch_run(m64, x.astype(np.float64), grad_output=dy.astype(np.float64), self_attention=True, need_weights=False)
     for name, (ours, truth) in grads_pairs(seq, m64).items():
         rel = np.linalg.norm(ours - truth) / np.linalg.norm(truth)
         assert rel < 2e-6, f"{name}: relative error {rel:.2e} against float64"
@@ -111,12 +104,11 @@ def test_small_shapes_match_torch(bias, dtype, batched):
     dy = rng.normal(size=shape).astype(dtype)
     out = seq(x)
     dx = seq.backward(dy)
-    out_t, dx_t, _ = torch_run(m, x, dy, need_weights=False)
+    out_t, _, (dx_t,), _ = torch_run(m, x, grad_output=dy, self_attention=True, need_weights=False)
     assert out.shape == dx.shape == shape
-    tol = TOL[dtype]
     for name, (ours, theirs) in {"out": (out, out_t), "dx": (dx, dx_t), **grads_pairs(seq, m)}.items():
         assert ours.dtype == dtype, name
-        np.testing.assert_allclose(ours, theirs, atol=tol, rtol=tol, err_msg=name)
+        assert_close(name, ours, theirs, tol_for(dtype))
 
 
 @pytest.mark.parametrize("C, H", [(8, 1), (8, 8), (6, 2)])
@@ -127,9 +119,9 @@ def test_head_counts_match_torch_in_float64(C, H):
     m = torch_twin(seq)
     x, dy = rng.normal(size=(2, 4, C)), rng.normal(size=(2, 4, C))
     out, dx = seq(x), seq.backward(dy)
-    out_t, dx_t, _ = torch_run(m, x, dy, need_weights=False)
+    out_t, _, (dx_t,), _ = torch_run(m, x, grad_output=dy, self_attention=True, need_weights=False)
     for name, (ours, theirs) in {"out": (out, out_t), "dx": (dx, dx_t), **grads_pairs(seq, m)}.items():
-        np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=1e-10, err_msg=name)
+        assert_close(name, ours, theirs, 1e-10)
 
 
 @pytest.mark.parametrize("batched", [True, False])
@@ -139,7 +131,7 @@ def test_attention_weights_of_each_head_match_torch(batched):
     set_random_biases(seq, rng)
     x = rng.normal(size=(2, 6, 16) if batched else (6, 16))
     seq(x)
-    _, _, w_t = torch_run(torch_twin(seq), x, np.zeros_like(x), need_weights=True, average_attn_weights=False)
+    _, w_t, _, _ = torch_run(torch_twin(seq), x, self_attention=True, need_weights=True, average_attn_weights=False)
     w_t = w_t.detach().numpy() if batched else w_t.detach().numpy()[None]  # (B, H, T, T)
     for h, head in enumerate(seq.heads):
         assert head.attn_weights.shape == (w_t.shape[0], 6, 6)

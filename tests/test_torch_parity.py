@@ -3,116 +3,38 @@
 Each case compares, in this order and under its own label: the output, the
 returned attention weights, the input gradients and every parameter
 gradient (``torch_state_dict(grads=True)`` against ``.grad``), with
-non-zero biases, float32 within 1e-5 and float64 within 1e-10.
+non-zero biases, float32 within 1e-5 and float64 within 1e-10. The cases and
+:func:`helpers.check_case` live in ``tests/helpers.py`` (test_parallel.py runs them threaded).
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close, matching_pair, to_torch, tol_for, torch_run
+from helpers import (
+    CONSTRUCTOR,
+    LAYOUTS,
+    MASKS,
+    E,
+    H,
+    L,
+    N,
+    S,
+    assert_close,
+    check_case,
+    matching_pair,
+    option_ids,
+    to_torch,
+    torch_run,
+)
 
 import mha
-
-E, H = 16, 4          # d_model, num_heads
-N, L, S = 3, 5, 7     # batch, query length, key length (L != S for cross-attention)
-
-CONSTRUCTOR = [
-    dict(bias=bias, add_bias_kv=bkv, add_zero_attn=zero, **dims)
-    for bias, bkv, zero, dims in itertools.product(
-        (True, False), (False, True), (False, True), ({}, {"kdim": 6, "vdim": 10}))
-]
-MASKS = ["none", "kpm_bool", "kpm_float", "attn2d_bool", "attn2d_float", "attn3d_bool", "attn3d_float",
-         "causal", "kpm_and_attn"]
-LAYOUTS = ["batch_first", "seq_first", "unbatched"]
-
-
-def _ids(options):
-    return "-".join(f"{k}={v}" for k, v in options.items()) or "default"
-
-
-def make_masks(kind, rng, n, L, S, batched, dtype):
-    """(kwargs for our forward, kwargs for torch's forward): no row is fully masked."""
-    n_mask = n if batched else 1
-    kpm = np.zeros((n_mask, S), dtype=bool)
-    kpm[0, -2:] = True                                   # first sequence: last two keys are padding
-    blocked = rng.random((H * n_mask, L, S)) < 0.3
-    blocked[..., 0] = False                              # every query keeps key 0
-    if not batched:
-        kpm = kpm[0]
-    ours = {}
-    if kind in ("kpm_bool", "kpm_and_attn"):
-        ours["key_padding_mask"] = kpm
-    if kind == "kpm_float":
-        ours["key_padding_mask"] = np.where(kpm, -np.inf, rng.standard_normal(kpm.shape)).astype(dtype)
-    if kind in ("attn2d_bool", "kpm_and_attn"):
-        ours["attn_mask"] = blocked[0]
-    if kind == "attn2d_float":
-        ours["attn_mask"] = rng.standard_normal((L, S)).astype(dtype)
-    if kind == "attn3d_bool":
-        ours["attn_mask"] = blocked
-    if kind == "attn3d_float":
-        ours["attn_mask"] = np.where(blocked, -1e4, rng.standard_normal(blocked.shape)).astype(dtype)
-    theirs = dict(ours)
-    if kind == "causal":
-        ours["is_causal"] = True
-        theirs["attn_mask"] = np.triu(np.ones((L, S), dtype=bool), k=1)   # the explicit mask is the reference
-    return ours, theirs
-
-
-def make_inputs(rng, layout, self_attention, kdim, vdim, dtype):
-    S_ = L if self_attention else S
-    q = rng.standard_normal((N, L, E))
-    k = rng.standard_normal((N, S_, kdim))
-    v = rng.standard_normal((N, S_, vdim))
-    if layout == "seq_first":
-        q, k, v = (a.transpose(1, 0, 2).copy() for a in (q, k, v))
-    if layout == "unbatched":
-        q, k, v = q[0], k[0], v[0]
-    return q.astype(dtype), k.astype(dtype), v.astype(dtype), S_
-
-
-def check_case(options, mask_kind, layout, dtype, self_attention, average, seed):
-    rng = np.random.default_rng(seed)
-    options = dict(options, batch_first=layout != "seq_first")
-    numpy_mha, torch_mha = matching_pair(E, H, dtype=dtype, seed=seed, **options)
-    tol = tol_for(dtype)
-    q, k, v, S_ = make_inputs(rng, layout, self_attention, numpy_mha.kdim, numpy_mha.vdim, dtype)
-    ours_kw, theirs_kw = make_masks(mask_kind, rng, N, L, S_, layout != "unbatched", dtype)
-    if self_attention:
-        out, weights = numpy_mha(q, need_weights=True, average_attn_weights=average, **ours_kw)
-    else:
-        out, weights = numpy_mha(q, k, v, need_weights=True, average_attn_weights=average, **ours_kw)
-    grad_out = rng.standard_normal(out.shape).astype(dtype)
-    grads_in = numpy_mha.backward(grad_out)
-    assert out.dtype == dtype and weights.dtype == dtype
-
-    # torch's weights come from its need_weights=True route ...
-    t_out_w, t_weights, _, _ = torch_run(torch_mha, q, k, v, self_attention=self_attention, need_weights=True,
-                                         average_attn_weights=average, **theirs_kw)
-    assert_close("output (torch need_weights=True route)", out, t_out_w, tol)
-    assert_close("attention weights", weights, t_weights, tol)
-    # ... and its gradients from the SDPA route it takes by default.
-    t_out, _, t_grads_in, t_grads = torch_run(torch_mha, q, k, v, grad_out, self_attention=self_attention,
-                                             need_weights=False, **theirs_kw)
-    assert_close("output", out, t_out, tol)
-    if self_attention:
-        assert_close("grad input", grads_in, t_grads_in[0], tol)
-    else:
-        for label, ours, theirs in zip(("grad query", "grad key", "grad value"), grads_in, t_grads_in):
-            assert_close(label, ours, theirs, tol)
-    state = mha.torch_state_dict(numpy_mha, grads=True)
-    assert set(state) == set(t_grads), "parameter names differ from torch's"
-    for name, theirs in t_grads.items():
-        assert_close(f"grad {name}", state[name], theirs, tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("mask_kind", MASKS)
-@pytest.mark.parametrize("options", CONSTRUCTOR, ids=_ids)
+@pytest.mark.parametrize("options", CONSTRUCTOR, ids=option_ids)
 def test_options_and_masks_cross_attention(options, mask_kind, dtype):
     """Cross-attention, L != S, every constructor option with every mask (layout cycles)."""
     i = CONSTRUCTOR.index(options) + MASKS.index(mask_kind)
@@ -122,7 +44,7 @@ def test_options_and_masks_cross_attention(options, mask_kind, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mask_kind", MASKS)
-@pytest.mark.parametrize("options", [o for o in CONSTRUCTOR if "kdim" not in o], ids=_ids)
+@pytest.mark.parametrize("options", [o for o in CONSTRUCTOR if "kdim" not in o], ids=option_ids)
 def test_options_and_masks_self_attention(options, mask_kind, layout, dtype):
     """Self-attention m(x): one input, one gradient; every option, mask and layout."""
     i = CONSTRUCTOR.index(options) + MASKS.index(mask_kind) + LAYOUTS.index(layout)
@@ -151,7 +73,7 @@ def test_same_array_three_times_gives_three_gradients():
         assert_close(label, ours, theirs, 1e-10)
 
 
-@pytest.mark.parametrize("options", [{}, {"add_bias_kv": True}, {"add_zero_attn": True}], ids=_ids)
+@pytest.mark.parametrize("options", [{}, {"add_bias_kv": True}, {"add_zero_attn": True}], ids=option_ids)
 def test_fully_masked_query_gives_zero_attention(options):
     """A query with every key masked: zero attention, output b_O, no NaN, gradients finite.
 
@@ -186,7 +108,7 @@ def test_fully_masked_query_gives_zero_attention(options):
         assert_close("other rows (need_weights route)", np.delete(out, 1, axis=1), np.delete(t_out_w.numpy(), 1, axis=1), 1e-10)
 
 
-@pytest.mark.parametrize("options", [{"add_bias_kv": True}, {"add_zero_attn": True}], ids=_ids)
+@pytest.mark.parametrize("options", [{"add_bias_kv": True}, {"add_zero_attn": True}], ids=option_ids)
 def test_is_causal_means_the_explicit_mask_even_where_torch_hint_differs(options):
     """torch's is_causal hint skips padding the mask for the extra key; we follow the explicit mask."""
     numpy_mha, torch_mha = matching_pair(E, H, dtype=np.float64, seed=11, **options)
@@ -235,7 +157,7 @@ def test_to_pytorch_round_trip():
         v = rng.standard_normal((N, S, numpy_mha.vdim))
         with torch.no_grad():
             theirs, _ = torch_mha(to_torch(q), to_torch(k), to_torch(v), need_weights=False)
-        assert_close(f"round trip {_ids(options)}", numpy_mha(q, k, v), theirs, 1e-10)
+        assert_close(f"round trip {option_ids(options)}", numpy_mha(q, k, v), theirs, 1e-10)
         back = mha.load_weights_from_pytorch(mha.MultiHeadAttention(E, H, dtype=np.float64, **options), torch_mha)
         for name, value in numpy_mha.parameters().items():
             np.testing.assert_array_equal(getattr(back, name), value, err_msg=name)
