@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ._checks import positive_int
-from .verify import _as_numpy
+from .verify import as_float64
 
 __all__ = ["entropy", "top_k_keys", "sparsity", "compare_patterns"]
 
@@ -97,7 +97,7 @@ def _weights(weights, name: str) -> np.ndarray:
     """Check ``weights`` is (L, S), (H, L, S) or (N, H, L, S) of distributions; return it as float64."""
     if weights is None:
         raise TypeError(f"{name} must be an array of attention weights, got None")
-    w = _as_numpy(weights)
+    w = as_float64(weights, name)
     if not 2 <= w.ndim <= 4 or 0 in w.shape:
         raise ValueError(f"{name} must have shape (L, S), (H, L, S) or (N, H, L, S) with no empty axis, got {w.shape}")
     if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > 1:

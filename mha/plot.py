@@ -2,9 +2,9 @@
 
 Every function returns the matplotlib objects it drew on and never calls
 ``plt.show()``; showing or saving is left to the caller (or to Jupyter).
-Inputs may be NumPy arrays or anything ``np.asarray`` accepts, such as a torch
-tensor that has been detached and moved to the CPU. No global matplotlib
-state (``rcParams``, styles) is changed.
+Inputs may be NumPy arrays, anything ``np.asarray`` accepts, or torch tensors
+(detached and moved to the CPU by :func:`mha.verify.as_float64`, which converts
+every input here). No global matplotlib state (``rcParams``, styles) is changed.
 """
 
 from __future__ import annotations
@@ -14,22 +14,10 @@ import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.ticker import MaxNLocator
 
+from .verify import abs_diff, as_float64
+
 _AUTO_ANNOTATE_MAX_CELLS = 100
 _DIFF_LABEL = "|actual \u2212 expected|"
-
-
-def _to_float64(x, name: str) -> np.ndarray:
-    """Convert ``x`` to a float64 array, raising TypeError naming ``name``."""
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # e.g. a torch tensor that still requires grad
-        raise TypeError(
-            f"{name} must be array-like (detach torch tensors and move them to the "
-            f"CPU first), got {type(x).__name__}: {exc}"
-        ) from exc
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
 
 
 def _tick_labels(labels, n: int, name: str, axis: str) -> list[str]:
@@ -87,7 +75,7 @@ def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
     Returns ``(fig, ax)`` for 2-D input and ``(fig, axes)`` for 3-D input,
     where ``axes`` is a NumPy array of H Axes.
     """
-    w = _to_float64(weights, "weights")
+    w = as_float64(weights, "weights")
     if w.ndim not in (2, 3):
         raise ValueError(
             f"weights must be 2-D (L, S) or 3-D (H, L, S), got shape {w.shape}")
@@ -145,21 +133,17 @@ def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
 
 
 def _abs_diff(actual, expected) -> np.ndarray:
-    """|actual - expected| in float64; both inputs must share one shape."""
-    a = _to_float64(actual, "actual")
-    e = _to_float64(expected, "expected")
-    if a.shape != e.shape:
-        raise ValueError(
-            f"actual and expected must have the same shape, got actual {a.shape} "
-            f"and expected {e.shape}")
-    if a.size == 0:
-        raise ValueError(f"actual and expected must not be empty, got shape {a.shape}")
-    return np.abs(a - e)
+    """|actual - expected| in float64 (:func:`mha.verify.abs_diff`); the inputs must not be empty."""
+    diff = abs_diff(actual, expected)
+    if diff.size == 0:
+        raise ValueError(f"actual and expected must not be empty, got shape {diff.shape}")
+    return diff
 
 
 def _input_eps(actual, expected) -> float:
     """Machine epsilon of the inputs' floating dtype (float64 for integers)."""
-    dtype = np.result_type(np.asarray(actual), np.asarray(expected))
+    arrays = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x) for x in (actual, expected))
+    dtype = np.result_type(*arrays)
     return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
 
 

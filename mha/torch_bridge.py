@@ -19,7 +19,7 @@ import numpy as np
 
 from ._checks import positive_int
 from .attention import BIAS_NAMES, PARAMETER_NAMES, MultiHeadAttention
-from .verify import max_abs_diff
+from .verify import abs_diff, as_float64, max_abs_diff
 
 __all__ = ["load_weights_from_pytorch", "compare_outputs", "Comparison", "create_matching_mha",
            "analyze_weight_differences", "to_pytorch", "torch_state_dict"]
@@ -44,31 +44,27 @@ def _check_pair(numpy_mha, pytorch_mha) -> None:
             raise ValueError(f"{label} differ: numpy_mha has {ours}, pytorch_mha has {theirs}")
 
 
-def _to_numpy(tensor, dtype=None):
-    """A detached CPU copy of ``tensor`` as a NumPy array (None stays None)."""
-    if tensor is None:
-        return None
-    arr = tensor.detach().cpu().numpy().copy()
-    return arr if dtype is None else arr.astype(dtype)
+def _to_numpy(tensor):
+    """A float64 copy of a torch tensor (None stays None): :func:`mha.verify.as_float64`."""
+    return None if tensor is None else as_float64(tensor)
 
 
 def _torch_parameters(pytorch_mha) -> dict:
     """torch's parameters in ``mha``'s names and (in, out) layout, as float64 arrays."""
     E = pytorch_mha.embed_dim
-    f64 = np.float64
     if pytorch_mha._qkv_same_embed_dim:
-        in_proj = _to_numpy(pytorch_mha.in_proj_weight, f64)            # (3E, E)
+        in_proj = _to_numpy(pytorch_mha.in_proj_weight)            # (3E, E)
         W_Q, W_K, W_V = (in_proj[i * E:(i + 1) * E].T for i in range(3))  # rows of torch -> columns here
     else:
-        W_Q, W_K, W_V = (_to_numpy(getattr(pytorch_mha, n), f64).T for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight"))
-    params = {"W_Q": W_Q, "W_K": W_K, "W_V": W_V, "W_O": _to_numpy(pytorch_mha.out_proj.weight, f64).T}
-    in_bias = _to_numpy(pytorch_mha.in_proj_bias, f64)
+        W_Q, W_K, W_V = (_to_numpy(getattr(pytorch_mha, n)).T for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight"))
+    params = {"W_Q": W_Q, "W_K": W_K, "W_V": W_V, "W_O": _to_numpy(pytorch_mha.out_proj.weight).T}
+    in_bias = _to_numpy(pytorch_mha.in_proj_bias)
     for i, name in enumerate(BIAS_NAMES[:3]):
         params[name] = None if in_bias is None else in_bias[i * E:(i + 1) * E]
-    params["b_O"] = _to_numpy(pytorch_mha.out_proj.bias, f64)
+    params["b_O"] = _to_numpy(pytorch_mha.out_proj.bias)
     for name in ("bias_k", "bias_v"):
         value = getattr(pytorch_mha, name)
-        params[name] = None if value is None else _to_numpy(value, f64).reshape(E)
+        params[name] = None if value is None else _to_numpy(value).reshape(E)
     return params
 
 
@@ -146,7 +142,7 @@ def compare_outputs(numpy_mha, pytorch_mha, x, atol: float = 1e-5, *, key=None, 
     v_t = k_t if value is None else to_torch(x_v)
     with torch.no_grad():
         theirs, _ = pytorch_mha(q_t, k_t, v_t, need_weights=False, **kwargs)
-    theirs = _to_numpy(theirs, np.float64)
+    theirs = as_float64(theirs)
     if theirs.ndim == 3 and numpy_mha.batch_first != pytorch_mha.batch_first:
         theirs = theirs.transpose(1, 0, 2)
     max_diff = max_abs_diff(ours, theirs)
@@ -202,9 +198,9 @@ def analyze_weight_differences(numpy_mha, pytorch_mha) -> dict:
         a, b = getattr(numpy_mha, name), theirs[name]
         if a is None and b is None:
             continue
-        a = np.zeros_like(b) if a is None else np.asarray(a, dtype=np.float64)
+        a = np.zeros_like(b) if a is None else as_float64(a, name)
         b = np.zeros_like(a) if b is None else b
-        diff = np.abs(a - b)
+        diff = abs_diff(a, b)
         report[name] = {"max_diff": float(diff.max()), "mean_diff": float(diff.mean())}
     return report
 

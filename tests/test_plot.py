@@ -173,11 +173,17 @@ def test_attention_map_rejects_bad_labels_and_values():
         plot.attention_map(w, vmin=0.5, vmax=0.5)
 
 
-def test_attention_map_rejects_tensor_requiring_grad_with_hint():
+def test_attention_map_takes_a_tensor_requiring_grad():
+    """Converted by mha.verify.as_float64 (detached, on the CPU), like every comparison's input."""
     torch = pytest.importorskip("torch")
-    t = torch.ones(2, 2, requires_grad=True)
-    with pytest.raises(TypeError, match="weights must be array-like .*detach"):
-        plot.attention_map(t)
+    t = torch.tensor([[0.25, 0.75], [1.0, 0.0]], requires_grad=True)
+    _, ax = plot.attention_map(t)
+    np.testing.assert_array_equal(ax.images[0].get_array(), t.detach().numpy())
+
+
+def test_attention_map_refuses_a_ragged_list_by_name():
+    with pytest.raises(TypeError, match="weights must be array-like, got list"):
+        plot.attention_map([[0.5, 0.5], [1.0]])
 
 
 # ---------------------------------------------------------------- error_heatmap
