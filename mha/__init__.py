@@ -23,10 +23,27 @@ The one implementation that every chapter of the book imports:
 - ``mha.exercises``: the check cells of the book's exercises
 """
 
-from . import analysis, functional, kv_cache, losses, model, optim, positional, tiled, train
+from . import (
+    analysis,
+    functional,
+    kv_cache,
+    losses,
+    model,
+    optim,
+    positional,
+    tiled,
+    train,
+)
 from .attention import MultiHeadAttention
 from .convert import fused_to_sequential, sequential_to_fused
-from .functional import attention_weights, linear, merge_heads, scaled_dot_product_attention, softmax, split_heads
+from .functional import (
+    attention_weights,
+    linear,
+    merge_heads,
+    scaled_dot_product_attention,
+    softmax,
+    split_heads,
+)
 from .sequential import SequentialMHA
 from .torch_bridge import (
     analyze_weight_differences,

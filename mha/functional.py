@@ -40,11 +40,11 @@ def linear(x, W, b=None) -> np.ndarray:
     ``W`` is the transpose of torch's ``nn.Linear.weight`` (out, in).
     """
     x, W, b = linear_arguments(x, W, b)
-    x2 = x.reshape(-1, x.shape[-1])                  # (..., in) -> (rows, in): one matrix product
-    out = x2 @ W                                     # (rows, in) @ (in, out) -> (rows, out)
+    x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (rows, in): one matrix product
+    out = x2 @ W  # (rows, in) @ (in, out) -> (rows, out)
     if b is not None:
         out += b
-    return out.reshape(*x.shape[:-1], W.shape[1])    # (rows, out) -> (..., out)
+    return out.reshape(*x.shape[:-1], W.shape[1])  # (rows, out) -> (..., out)
 
 
 def linear_backward(dout, x, W, has_bias: bool = True):
@@ -52,12 +52,12 @@ def linear_backward(dout, x, W, has_bias: bool = True):
 
     dout (..., out), x (..., in), W (in, out) -> dx (..., in), dW (in, out), db (out,).
     """
-    x2 = x.reshape(-1, x.shape[-1])                  # (..., in) -> (rows, in)
-    dout2 = dout.reshape(-1, dout.shape[-1])         # (..., out) -> (rows, out)
-    dx = dout2 @ W.T                                 # (rows, out) @ (out, in) -> (rows, in)
-    dW = x2.T @ dout2                                # (in, rows) @ (rows, out) -> (in, out)
-    db = sum_rows(dout2) if has_bias else None       # (out,)
-    return dx.reshape(x.shape), dW, db               # (rows, in) -> (..., in)
+    x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (rows, in)
+    dout2 = dout.reshape(-1, dout.shape[-1])  # (..., out) -> (rows, out)
+    dx = dout2 @ W.T  # (rows, out) @ (out, in) -> (rows, in)
+    dW = x2.T @ dout2  # (in, rows) @ (rows, out) -> (in, out)
+    db = sum_rows(dout2) if has_bias else None  # (out,)
+    return dx.reshape(x.shape), dW, db  # (rows, in) -> (..., in)
 
 
 def split_heads(x, H: int) -> np.ndarray:
@@ -73,9 +73,11 @@ def split_heads(x, H: int) -> np.ndarray:
         raise ValueError(f"x must have shape (..., L, E), got {x.shape}")
     L, E = x.shape[-2:]
     if E % H:
-        raise ValueError(f"the feature size E={E} of x {x.shape} must be divisible by H={H}")
-    x = x.reshape(*x.shape[:-1], H, E // H)          # (..., L, E) -> (..., L, H, hd)
-    return np.swapaxes(x, -3, -2)                    # (..., L, H, hd) -> (..., H, L, hd)
+        raise ValueError(
+            f"the feature size E={E} of x {x.shape} must be divisible by H={H}"
+        )
+    x = x.reshape(*x.shape[:-1], H, E // H)  # (..., L, E) -> (..., L, H, hd)
+    return np.swapaxes(x, -3, -2)  # (..., L, H, hd) -> (..., H, L, hd)
 
 
 def merge_heads(x) -> np.ndarray:
@@ -84,8 +86,8 @@ def merge_heads(x) -> np.ndarray:
     if x.ndim < 3:
         raise ValueError(f"x must have shape (..., H, L, hd), got {x.shape}")
     H, L, hd = x.shape[-3:]
-    x = np.swapaxes(x, -3, -2)                       # (..., H, L, hd) -> (..., L, H, hd)
-    return x.reshape(*x.shape[:-2], H * hd)          # (..., L, H, hd) -> (..., L, E), copies
+    x = np.swapaxes(x, -3, -2)  # (..., H, L, hd) -> (..., L, H, hd)
+    return x.reshape(*x.shape[:-2], H * hd)  # (..., L, H, hd) -> (..., L, E), copies
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
@@ -99,7 +101,9 @@ def softmax(x, axis: int = -1) -> np.ndarray:
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int, got {axis!r} ({type(axis).__name__})")
     if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis must be in [-{x.ndim}, {x.ndim}) for x of shape {x.shape}, got {axis}")
+        raise ValueError(
+            f"axis must be in [-{x.ndim}, {x.ndim}) for x of shape {x.shape}, got {axis}"
+        )
     out = np.array(x, copy=True)
     return _softmax_inplace(out, axis)
 
@@ -149,8 +153,13 @@ def causal_mask(L: int, S: int | None = None) -> np.ndarray:
     return np.tril(np.ones((L, S), dtype=bool))
 
 
-def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None = None,
-                      scale: float | None = None):
+def attention_forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    bias: np.ndarray | None = None,
+    scale: float | None = None,
+):
     """softmax(q k^T * scale + bias) v, with a cache for :func:`attention_backward`.
 
     q: (..., L, E), k: (..., S, E), v: (..., S, Ev); ``bias``: additive float
@@ -160,12 +169,14 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndar
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    q_scaled = q * q.dtype.type(scale)               # scale the smaller operand, not the scores
-    scores = q_scaled @ np.swapaxes(k, -1, -2)       # (..., L, E) @ (..., E, S) -> (..., L, S)
+    q_scaled = q * q.dtype.type(scale)  # scale the smaller operand, not the scores
+    scores = q_scaled @ np.swapaxes(
+        k, -1, -2
+    )  # (..., L, E) @ (..., E, S) -> (..., L, S)
     if bias is not None:
         scores += bias
-    weights = _softmax_inplace(scores)               # (..., L, S), reuses the scores' memory
-    out = weights @ v                                # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
+    weights = _softmax_inplace(scores)  # (..., L, S), reuses the scores' memory
+    out = weights @ v  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     cache = {"q_scaled": q_scaled, "k": k, "v": v, "weights": weights, "scale": scale}
     return out, cache
 
@@ -176,13 +187,28 @@ def attention_backward(dout: np.ndarray, cache: dict):
     dout: (..., L, Ev). dq, dk, dv have the shapes of q, k, v (summed over
     any axes that were broadcast).
     """
-    q_scaled, k, v, weights = cache["q_scaled"], cache["k"], cache["v"], cache["weights"]
-    dv = np.swapaxes(weights, -1, -2) @ dout         # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
-    dweights = dout @ np.swapaxes(v, -1, -2)         # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
-    dscores = softmax_backward(dweights, weights)    # (..., L, S)
-    dq = (dscores @ k) * q_scaled.dtype.type(cache["scale"])   # (..., L, E)
-    dk = np.swapaxes(dscores, -1, -2) @ q_scaled     # (..., S, L) @ (..., L, E) -> (..., S, E)
-    return _unbroadcast(dq, q_scaled.shape), _unbroadcast(dk, k.shape), _unbroadcast(dv, v.shape)
+    q_scaled, k, v, weights = (
+        cache["q_scaled"],
+        cache["k"],
+        cache["v"],
+        cache["weights"],
+    )
+    dv = (
+        np.swapaxes(weights, -1, -2) @ dout
+    )  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
+    dweights = dout @ np.swapaxes(
+        v, -1, -2
+    )  # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
+    dscores = softmax_backward(dweights, weights)  # (..., L, S)
+    dq = (dscores @ k) * q_scaled.dtype.type(cache["scale"])  # (..., L, E)
+    dk = (
+        np.swapaxes(dscores, -1, -2) @ q_scaled
+    )  # (..., S, L) @ (..., L, E) -> (..., S, E)
+    return (
+        _unbroadcast(dq, q_scaled.shape),
+        _unbroadcast(dk, k.shape),
+        _unbroadcast(dv, v.shape),
+    )
 
 
 def _unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -194,8 +220,15 @@ def _unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     return grad.sum(axis=keep, keepdims=True) if keep else grad
 
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: bool = False,
-                                 scale: float | None = None, enable_gqa: bool = False) -> np.ndarray:
+def scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> np.ndarray:
     """NumPy version of ``torch.nn.functional.scaled_dot_product_attention`` (no dropout).
 
     query: (..., L, E), key: (..., S, E), value: (..., S, Ev) -> (..., L, Ev).
@@ -209,28 +242,48 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: b
     (its math route uses a "safe" softmax); plain ``torch.softmax`` gives NaN.
     :func:`attention_weights` returns the weights this uses.
     """
-    query, key, value, attn_mask = sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+    query, key, value, attn_mask = sdpa_arguments(
+        query, key, value, attn_mask, is_causal, scale, enable_gqa
+    )
     if enable_gqa:
-        key, value = _repeat_kv_heads(key, query.shape[-3]), _repeat_kv_heads(value, query.shape[-3])
-    bias = _additive_bias(causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask, query.dtype)
+        key, value = (
+            _repeat_kv_heads(key, query.shape[-3]),
+            _repeat_kv_heads(value, query.shape[-3]),
+        )
+    bias = _additive_bias(
+        causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask,
+        query.dtype,
+    )
     out, _ = attention_forward(query, key, value, bias, scale)
     return out
 
 
-def attention_weights(query, key, *, attn_mask=None, is_causal: bool = False, scale: float | None = None,
-                      enable_gqa: bool = False) -> np.ndarray:
+def attention_weights(
+    query,
+    key,
+    *,
+    attn_mask=None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> np.ndarray:
     """The weights (..., L, S) that :func:`scaled_dot_product_attention` multiplies the values by.
 
     Same arguments and rules; ``attention_weights(q, k) @ v`` is the SDPA output.
     Each row is a distribution over the keys (a fully masked row is zeros).
     """
-    query, key, _, attn_mask = sdpa_arguments(query, key, None, attn_mask, is_causal, scale, enable_gqa)
+    query, key, _, attn_mask = sdpa_arguments(
+        query, key, None, attn_mask, is_causal, scale, enable_gqa
+    )
     if enable_gqa:
         key = _repeat_kv_heads(key, query.shape[-3])
-    bias = _additive_bias(causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask, query.dtype)
+    bias = _additive_bias(
+        causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask,
+        query.dtype,
+    )
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
-    scores = (query * query.dtype.type(scale)) @ np.swapaxes(key, -1, -2)   # (..., L, S)
+    scores = (query * query.dtype.type(scale)) @ np.swapaxes(key, -1, -2)  # (..., L, S)
     if bias is not None:
         scores += bias
     return _softmax_inplace(scores)
@@ -245,4 +298,6 @@ def _additive_bias(attn_mask, dtype):
 
 def _repeat_kv_heads(x, Hq: int):
     """Repeat each of the ``Hkv`` heads on axis -3 ``Hq // Hkv`` times (torch's repeat_interleave)."""
-    return np.repeat(x, Hq // x.shape[-3], axis=-3)   # (..., Hkv, S, E) -> (..., Hq, S, E)
+    return np.repeat(
+        x, Hq // x.shape[-3], axis=-3
+    )  # (..., Hkv, S, E) -> (..., Hq, S, E)

@@ -32,8 +32,19 @@ def _to_additive(mask: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return mask.astype(dtype, copy=False)
 
 
-def merge_masks(*, key_padding_mask, attn_mask, is_causal: bool, batched: bool,
-                N: int, H: int, L: int, S: int, extra_keys: int, dtype: np.dtype) -> np.ndarray | None:
+def merge_masks(
+    *,
+    key_padding_mask,
+    attn_mask,
+    is_causal: bool,
+    batched: bool,
+    N: int,
+    H: int,
+    L: int,
+    S: int,
+    extra_keys: int,
+    dtype: np.dtype,
+) -> np.ndarray | None:
     """Check both masks against the shapes and return one additive mask.
 
     Returns an array broadcastable to (N, H, L, S + extra_keys), or None
@@ -43,27 +54,41 @@ def merge_masks(*, key_padding_mask, attn_mask, is_causal: bool, batched: bool,
     key_padding_mask = mask_array(key_padding_mask, "key_padding_mask")
     attn_mask = mask_array(attn_mask, "attn_mask")
     if is_causal and attn_mask is None:
-        attn_mask = ~causal_mask(L, S)  # True = blocked, as nn.MultiheadAttention expects
+        attn_mask = ~causal_mask(
+            L, S
+        )  # True = blocked, as nn.MultiheadAttention expects
     merged = None
     if attn_mask is not None:
         if attn_mask.ndim == 2:
             if attn_mask.shape != (L, S):
-                raise ValueError(f"attn_mask must have shape (L, S) = {(L, S)}, got {attn_mask.shape}")
-            merged = _to_additive(attn_mask, dtype)[None, None]          # (1, 1, L, S)
+                raise ValueError(
+                    f"attn_mask must have shape (L, S) = {(L, S)}, got {attn_mask.shape}"
+                )
+            merged = _to_additive(attn_mask, dtype)[None, None]  # (1, 1, L, S)
         elif attn_mask.ndim == 3:
             expected = (N * H, L, S) if batched else (H, L, S)
             if attn_mask.shape != expected:
                 what = "(N * num_heads, L, S)" if batched else "(num_heads, L, S)"
-                raise ValueError(f"attn_mask must have shape {what} = {expected}, got {attn_mask.shape}")
-            merged = _to_additive(attn_mask, dtype).reshape(N, H, L, S)  # (N*H, L, S) -> (N, H, L, S)
+                raise ValueError(
+                    f"attn_mask must have shape {what} = {expected}, got {attn_mask.shape}"
+                )
+            merged = _to_additive(attn_mask, dtype).reshape(
+                N, H, L, S
+            )  # (N*H, L, S) -> (N, H, L, S)
         else:
-            raise ValueError(f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape {attn_mask.shape}")
+            raise ValueError(
+                f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape {attn_mask.shape}"
+            )
     if key_padding_mask is not None:
         expected = (N, S) if batched else (S,)
         if key_padding_mask.shape != expected:
             what = "(N, S)" if batched else "(S,)"
-            raise ValueError(f"key_padding_mask must have shape {what} = {expected}, got {key_padding_mask.shape}")
-        padding = _to_additive(key_padding_mask, dtype).reshape(N, 1, 1, S)  # (N, S) -> (N, 1, 1, S)
+            raise ValueError(
+                f"key_padding_mask must have shape {what} = {expected}, got {key_padding_mask.shape}"
+            )
+        padding = _to_additive(key_padding_mask, dtype).reshape(
+            N, 1, 1, S
+        )  # (N, S) -> (N, 1, 1, S)
         merged = padding if merged is None else merged + padding
     if merged is not None and extra_keys:
         # bias_k and the zero key take part for every query: pad with 0 ("attend").

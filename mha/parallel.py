@@ -26,10 +26,27 @@ import numpy as np
 
 from . import functional
 
-__all__ = ["get_num_threads", "set_num_threads", "threads", "split", "batch_head_chunks", "matmul_rows", "matmul_cols",
-           "sum_rows", "run"]
+__all__ = [
+    "get_num_threads",
+    "set_num_threads",
+    "threads",
+    "split",
+    "batch_head_chunks",
+    "matmul_rows",
+    "matmul_cols",
+    "sum_rows",
+    "run",
+]
 
-_num_threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
+_num_threads = max(
+    1,
+    min(
+        len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 1),
+        8,
+    ),
+)
 _pool: ThreadPoolExecutor | None = None
 _blas = None  # threadpoolctl's controller, made on first use; False when it is not available
 _busy = threading.Lock()
@@ -121,7 +138,9 @@ def _in_pieces(pmap, fn, n: int) -> None:
         pmap(fn, split(n, _num_threads))
 
 
-def matmul_rows(pmap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+def matmul_rows(
+    pmap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray:
     """``a @ b + bias`` for a (R, K), b (K, C), bias (C,) or None, the rows of ``a`` shared out."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
 
@@ -149,5 +168,7 @@ def run(pmap, fn, items) -> list:
 def sum_rows(pmap, d):
     """:func:`mha.functional.sum_rows` of d (R, C), the columns shared out (each column's sum is the same either way)."""
     out = np.empty(d.shape[1], dtype=d.dtype)
-    _in_pieces(pmap, lambda s: out.__setitem__(s, functional.sum_rows(d[:, s])), d.shape[1])
+    _in_pieces(
+        pmap, lambda s: out.__setitem__(s, functional.sum_rows(d[:, s])), d.shape[1]
+    )
     return out

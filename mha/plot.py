@@ -52,14 +52,24 @@ def _draw_one_map(ax, w, qlabels, klabels, *, cmap, norm, annotate, title):
                 continue
             # Light text on the dark end of the colour map, dark text elsewhere.
             colour = "white" if norm(value) < 0.5 else "black"
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center",
-                    color=colour, fontsize=8)
+            ax.text(
+                j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=8
+            )
     return image
 
 
-def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
-                  title="Attention weights", cmap="viridis", annotate=None,
-                  vmin=0.0, vmax=None):
+def attention_map(
+    weights,
+    query_labels=None,
+    key_labels=None,
+    *,
+    ax=None,
+    title="Attention weights",
+    cmap="viridis",
+    annotate=None,
+    vmin=0.0,
+    vmax=None,
+):
     """Draw attention weights as an image with a colour bar.
 
     ``weights`` has shape (L, S): row ``i`` holds the weights query ``i`` puts
@@ -78,16 +88,21 @@ def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
     w = as_float64(weights, "weights")
     if w.ndim not in (2, 3):
         raise ValueError(
-            f"weights must be 2-D (L, S) or 3-D (H, L, S), got shape {w.shape}")
+            f"weights must be 2-D (L, S) or 3-D (H, L, S), got shape {w.shape}"
+        )
     if w.size == 0:
         raise ValueError(f"weights must not be empty, got shape {w.shape}")
     if annotate is not None and not isinstance(annotate, bool):
         raise TypeError(f"annotate must be None, True or False, got {annotate!r}")
     L, S = w.shape[-2:]
-    qlabels = None if query_labels is None else _tick_labels(
-        query_labels, L, "query_labels", "query")
-    klabels = None if key_labels is None else _tick_labels(
-        key_labels, S, "key_labels", "key")
+    qlabels = (
+        None
+        if query_labels is None
+        else _tick_labels(query_labels, L, "query_labels", "query")
+    )
+    klabels = (
+        None if key_labels is None else _tick_labels(key_labels, S, "key_labels", "key")
+    )
     if annotate is None:
         annotate = L * S <= _AUTO_ANNOTATE_MAX_CELLS
     if vmax is None:
@@ -95,35 +110,61 @@ def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
         vmax = float(finite.max()) if finite.size else 1.0
         vmax = max(vmax, vmin + 1e-12)  # keep the range non-empty
     if not vmax > vmin:
-        raise ValueError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
+        raise ValueError(
+            f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}"
+        )
     norm = Normalize(vmin=vmin, vmax=vmax)
 
     if w.ndim == 2:
         if ax is None:
-            fig, ax = plt.subplots(figsize=(min(3 + 0.45 * S, 12), min(2.5 + 0.4 * L, 10)),
-                                   layout="constrained")
+            fig, ax = plt.subplots(
+                figsize=(min(3 + 0.45 * S, 12), min(2.5 + 0.4 * L, 10)),
+                layout="constrained",
+            )
         else:
             fig = ax.figure
-        image = _draw_one_map(ax, w, qlabels, klabels, cmap=cmap, norm=norm,
-                              annotate=annotate, title=title)
+        image = _draw_one_map(
+            ax,
+            w,
+            qlabels,
+            klabels,
+            cmap=cmap,
+            norm=norm,
+            annotate=annotate,
+            title=title,
+        )
         fig.colorbar(image, ax=ax, label="weight")
         return fig, ax
 
     H = w.shape[0]
     if ax is None:
         side = min(1.5 + 0.3 * max(L, S), 4.5)
-        fig, axes = plt.subplots(1, H, figsize=(side * H + 1.5, side + 1), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            1,
+            H,
+            figsize=(side * H + 1.5, side + 1),
+            squeeze=False,
+            layout="constrained",
+        )
         axes = axes[0]
     else:
         axes = np.asarray(ax, dtype=object).ravel()
         if axes.size != H:
             raise ValueError(
-                f"ax must hold one Axes per head ({H}) for 3-D weights, got {axes.size}")
+                f"ax must hold one Axes per head ({H}) for 3-D weights, got {axes.size}"
+            )
         fig = axes[0].figure
     for h, head_ax in enumerate(axes):
-        image = _draw_one_map(head_ax, w[h], qlabels, klabels, cmap=cmap, norm=norm,
-                              annotate=annotate, title=f"head {h}")
+        image = _draw_one_map(
+            head_ax,
+            w[h],
+            qlabels,
+            klabels,
+            cmap=cmap,
+            norm=norm,
+            annotate=annotate,
+            title=f"head {h}",
+        )
         if h > 0:  # the rows are the same queries: label them only once
             head_ax.set_ylabel("")
             head_ax.tick_params(labelleft=False)
@@ -136,13 +177,18 @@ def _abs_diff(actual, expected) -> np.ndarray:
     """|actual - expected| in float64 (:func:`mha.verify.abs_diff`); the inputs must not be empty."""
     diff = abs_diff(actual, expected)
     if diff.size == 0:
-        raise ValueError(f"actual and expected must not be empty, got shape {diff.shape}")
+        raise ValueError(
+            f"actual and expected must not be empty, got shape {diff.shape}"
+        )
     return diff
 
 
 def _input_eps(actual, expected) -> float:
     """Machine epsilon of the inputs' floating dtype (float64 for integers)."""
-    arrays = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x) for x in (actual, expected))
+    arrays = (
+        np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+        for x in (actual, expected)
+    )
     dtype = np.result_type(*arrays)
     return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
 
@@ -154,7 +200,9 @@ def _check_limit(name: str, value, *, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not np.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value}")
+        raise ValueError(
+            f"{name} must be a {'positive ' if positive else ''}finite number, got {value}"
+        )
 
 
 def _heatmap_diff(actual, expected) -> tuple[np.ndarray, bool]:
@@ -196,8 +244,20 @@ def error_range(*pairs, log=True, tol=None) -> dict:
     return {"vmin": low, "vmax": high}
 
 
-def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
-                  ylabel="token", log=True, cmap="magma", tol=None, vmin=None, vmax=None):
+def error_heatmap(
+    actual,
+    expected,
+    *,
+    ax=None,
+    title=None,
+    xlabel="feature",
+    ylabel="token",
+    log=True,
+    cmap="magma",
+    tol=None,
+    vmin=None,
+    vmax=None,
+):
     """Draw ``|actual - expected|`` element-wise, computed in float64.
 
     Both inputs have the same shape. 1-D input of shape (N,) is drawn as one
@@ -221,11 +281,16 @@ def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
     if vmin is not None and vmax is not None and not vmin < vmax:
         raise ValueError(f"vmin must be below vmax, got vmin={vmin} and vmax={vmax}")
     low, high = _colour_range([diff], _input_eps(actual, expected), log=log, tol=tol)
-    low, high = (low if vmin is None else float(vmin)), (high if vmax is None else float(vmax))
+    low, high = (
+        (low if vmin is None else float(vmin)),
+        (high if vmax is None else float(vmax)),
+    )
     if log:
         if high <= low:
             high = low * 10
-        shown = np.where(diff == 0, low, diff)   # exact zeros take the bottom colour of the bar
+        shown = np.where(
+            diff == 0, low, diff
+        )  # exact zeros take the bottom colour of the bar
         norm = LogNorm(vmin=low, vmax=high)
     else:
         shown = diff
@@ -233,12 +298,15 @@ def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
 
     rows, cols = shown.shape
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(max(4 + 0.3 * cols, 5), 12),
-                                        min(max(2 + 0.3 * rows, 3), 8)),
-                               layout="constrained")
+        fig, ax = plt.subplots(
+            figsize=(min(max(4 + 0.3 * cols, 5), 12), min(max(2 + 0.3 * rows, 3), 8)),
+            layout="constrained",
+        )
     else:
         fig = ax.figure
-    image = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        shown, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest"
+    )
     cbar = fig.colorbar(image, ax=ax, label=_DIFF_LABEL)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -10,7 +10,14 @@ gradient ``d<out>`` into ``d<in>`` in ``backward``. Gradients of parameters are 
 
 import numpy as np
 
-from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed, shape_is
+from ._checks import (
+    as_float_array,
+    flag,
+    float_dtype,
+    positive_int,
+    rng_from_seed,
+    shape_is,
+)
 from .functional import softmax, softmax_backward, sum_rows
 
 _NOT_YET = "backward() called before forward(); run forward(x) first"
@@ -39,7 +46,11 @@ class Linear:
         n_out = positive_int(out_features, "out_features")
         dt = float_dtype(dtype)
         bound = 1.0 / np.sqrt(n_in)
-        draw = (lambda *s: np.zeros(s)) if rng is None else (lambda *s: rng.uniform(-bound, bound, s))
+        draw = (
+            (lambda *s: np.zeros(s))
+            if rng is None
+            else (lambda *s: rng.uniform(-bound, bound, s))
+        )
         self.w = _param(draw(n_out, n_in), dt)  # (out, in)
         self.b = _param(draw(n_out), dt) if bias else None  # (out,)
         self._x = None
@@ -90,13 +101,25 @@ class Head:
         return f"Head(q_proj={self.q_proj}, k_proj={self.k_proj}, v_proj={self.v_proj})"
 
     def parameters(self):
-        return [p for lin in (self.q_proj, self.k_proj, self.v_proj) for p in lin.parameters()]
+        return [
+            p
+            for lin in (self.q_proj, self.k_proj, self.v_proj)
+            for p in lin.parameters()
+        ]
 
     def forward(self, x):
         """x: (B, T, C) -> out: (B, T, hd)."""
-        self._scale = 1.0 / float(np.sqrt(self.head_dim))  # a Python float keeps float32 float32
-        self._q, self._k, self._v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, hd)
-        scores = self._q @ self._k.swapaxes(-1, -2) * self._scale  # (B, T, hd) @ (B, hd, T) -> (B, T, T)
+        self._scale = 1.0 / float(
+            np.sqrt(self.head_dim)
+        )  # a Python float keeps float32 float32
+        self._q, self._k, self._v = (
+            self.q_proj(x),
+            self.k_proj(x),
+            self.v_proj(x),
+        )  # (B, T, hd)
+        scores = (
+            self._q @ self._k.swapaxes(-1, -2) * self._scale
+        )  # (B, T, hd) @ (B, hd, T) -> (B, T, T)
         self.attn_weights = softmax(scores)  # (B, T, T), stable: shifted by the row max
         return self.attn_weights @ self._v  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
 
@@ -109,10 +132,18 @@ class Head:
         w = self.attn_weights
         dw = dy @ self._v.swapaxes(-1, -2)  # (B, T, hd) @ (B, hd, T) -> (B, T, T)
         dv = w.swapaxes(-1, -2) @ dy  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        ds = softmax_backward(dw, w)  # (B, T, T): ds_i = w_i * (dw_i - <dw_i, w_i>), row by row
+        ds = softmax_backward(
+            dw, w
+        )  # (B, T, T): ds_i = w_i * (dw_i - <dw_i, w_i>), row by row
         dq = ds @ self._k * self._scale  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        dk = ds.swapaxes(-1, -2) @ self._q * self._scale  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        return self.q_proj.backward(dq) + self.k_proj.backward(dk) + self.v_proj.backward(dv)
+        dk = (
+            ds.swapaxes(-1, -2) @ self._q * self._scale
+        )  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
+        return (
+            self.q_proj.backward(dq)
+            + self.k_proj.backward(dk)
+            + self.v_proj.backward(dv)
+        )
 
 
 class SequentialMHA:
@@ -129,44 +160,66 @@ class SequentialMHA:
     Inputs are cast to ``dtype`` (so a float64 x is rounded for a float32 model).
     """
 
-    def __init__(self, in_channels, n_heads, bias=False, seed=None, *, dtype=np.float32):
+    def __init__(
+        self, in_channels, n_heads, bias=False, seed=None, *, dtype=np.float32
+    ):
         C = self.in_channels = positive_int(in_channels, "in_channels")
         H = self.n_heads = positive_int(n_heads, "n_heads")
         if C % H:
             raise ValueError(f"in_channels ({C}) must be divisible by n_heads ({H})")
         rng = rng_from_seed(seed)
-        self.head_dim, self.bias, self.dtype = C // H, flag(bias, "bias"), float_dtype(dtype)
+        self.head_dim, self.bias, self.dtype = (
+            C // H,
+            flag(bias, "bias"),
+            float_dtype(dtype),
+        )
         hd = self.head_dim
-        self.heads = [Head(C, hd, self.bias, rng=None, dtype=self.dtype) for _ in range(H)]
+        self.heads = [
+            Head(C, hd, self.bias, rng=None, dtype=self.dtype) for _ in range(H)
+        ]
         self.out_proj = Linear(C, C, self.bias, rng=None, dtype=self.dtype)
 
         a = np.sqrt(6.0 / (C + 3 * C))
-        w_in = rng.uniform(-a, a, (3 * C, C))  # (3C, C): [q heads 0..H-1; k heads; v heads]
+        w_in = rng.uniform(
+            -a, a, (3 * C, C)
+        )  # (3C, C): [q heads 0..H-1; k heads; v heads]
         for h, head in enumerate(self.heads):
             for j, lin in enumerate((head.q_proj, head.k_proj, head.v_proj)):
                 lin.w[...] = w_in[j * C + h * hd : j * C + (h + 1) * hd]  # (hd, C)
-        self.out_proj.w[...] = rng.uniform(-1 / np.sqrt(C), 1 / np.sqrt(C), (C, C))  # (C, C)
+        self.out_proj.w[...] = rng.uniform(
+            -1 / np.sqrt(C), 1 / np.sqrt(C), (C, C)
+        )  # (C, C)
         self._out_shape = None
 
     def __repr__(self):
-        return (f"SequentialMHA(in_channels={self.in_channels}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
-                f"bias={self.bias}, dtype={self.dtype})")
+        return (
+            f"SequentialMHA(in_channels={self.in_channels}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+            f"bias={self.bias}, dtype={self.dtype})"
+        )
 
     def parameters(self):
-        return [p for head in self.heads for p in head.parameters()] + self.out_proj.parameters()
+        return [
+            p for head in self.heads for p in head.parameters()
+        ] + self.out_proj.parameters()
 
     def forward(self, x):
         """x: (B, T, C) or (T, C) -> out of the same shape."""
-        x = as_float_array(x, "x", self.dtype).copy()  # the cache must not see later edits of x
+        x = as_float_array(
+            x, "x", self.dtype
+        ).copy()  # the cache must not see later edits of x
         if x.ndim not in (2, 3) or x.shape[-1] != self.in_channels:
             raise ValueError(
                 f"x must have shape (B, T, {self.in_channels}) or (T, {self.in_channels}), "
                 f"got {x.shape}"
             )
         if x.shape[-2] == 0:
-            raise ValueError(f"x must have at least one time step (T >= 1), got shape {x.shape}")
+            raise ValueError(
+                f"x must have at least one time step (T >= 1), got shape {x.shape}"
+            )
         x3 = x if x.ndim == 3 else x[None]  # (T, C) -> (1, T, C)
-        cat = np.concatenate([head(x3) for head in self.heads], axis=-1)  # H x (B, T, hd) -> (B, T, C)
+        cat = np.concatenate(
+            [head(x3) for head in self.heads], axis=-1
+        )  # H x (B, T, hd) -> (B, T, C)
         out = self.out_proj(cat)  # (B, T, C)
         self._out_shape = x.shape
         return out.reshape(x.shape)  # (1, T, C) -> (T, C) when unbatched
@@ -182,8 +235,10 @@ class SequentialMHA:
         dy3 = dy if dy.ndim == 3 else dy[None]  # (T, C) -> (1, T, C)
         dcat = self.out_proj.backward(dy3)  # (B, T, C)
         hd = self.head_dim
-        dx = sum(head.backward(dcat[..., h * hd : (h + 1) * hd])  # slice (B, T, hd) per head
-                 for h, head in enumerate(self.heads))
+        dx = sum(
+            head.backward(dcat[..., h * hd : (h + 1) * hd])  # slice (B, T, hd) per head
+            for h, head in enumerate(self.heads)
+        )
         return dx.reshape(self._out_shape)  # (B, T, C), or (T, C) when unbatched
 
     @property
@@ -191,7 +246,9 @@ class SequentialMHA:
         """(B, H, T, T) weights of the last forward, (H, T, T) if it was unbatched; or None."""
         if self._out_shape is None:
             return None
-        w = np.stack([head.attn_weights for head in self.heads], axis=1)  # H x (B, T, T) -> (B, H, T, T)
+        w = np.stack(
+            [head.attn_weights for head in self.heads], axis=1
+        )  # H x (B, T, T) -> (B, H, T, T)
         return w if len(self._out_shape) == 3 else w[0]
 
     def in_proj_weight(self, grad=False):
@@ -204,12 +261,16 @@ class SequentialMHA:
 
 
 def _stack_in_proj(seq, attr, grad):
-    lins = [getattr(h, name) for name in ("q_proj", "k_proj", "v_proj") for h in seq.heads]
+    lins = [
+        getattr(h, name) for name in ("q_proj", "k_proj", "v_proj") for h in seq.heads
+    ]
     params = [getattr(lin, attr) for lin in lins]
     if params[0] is None:
         return None
     if grad and any(p.grad is None for p in params):
-        raise RuntimeError("no gradients yet: call backward() before asking for grad=True")
+        raise RuntimeError(
+            "no gradients yet: call backward() before asking for grad=True"
+        )
     return np.concatenate([p.grad if grad else np.asarray(p) for p in params], axis=0)
 
 

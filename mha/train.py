@@ -25,7 +25,7 @@ from .optim import Adam
 
 __all__ = ["SequenceTask", "fit", "accuracy", "IGNORE"]
 
-IGNORE = -100                                             # the target of a position that is not scored
+IGNORE = -100  # the target of a position that is not scored
 TASKS = ("reverse", "copy")
 
 
@@ -50,14 +50,16 @@ class SequenceTask:
         positive_int(self.seq_len, "seq_len")
         positive_int(self.vocab_size, "vocab_size")
         if self.kind == "copy" and not 0 < self.offset < self.seq_len:
-            raise ValueError(f"offset must be in [1, seq_len) = [1, {self.seq_len}) for copy, got {self.offset}")
+            raise ValueError(
+                f"offset must be in [1, seq_len) = [1, {self.seq_len}) for copy, got {self.offset}"
+            )
 
     def targets(self, tokens: np.ndarray) -> np.ndarray:
         """The targets (N, L) of ``tokens`` (N, L)."""
         if self.kind == "reverse":
             return tokens[:, ::-1].copy()
         out = np.full_like(tokens, IGNORE)
-        out[:, self.offset:] = tokens[:, :-self.offset]
+        out[:, self.offset :] = tokens[:, : -self.offset]
         return out
 
     def sample(self, n: int, rng, exclude=None):
@@ -68,7 +70,9 @@ class SequenceTask:
         if exclude is not None and len(exclude):
             seen = exclude if isinstance(exclude, (set, frozenset)) else _rows(exclude)
             for i in range(n):
-                while tokens[i].tobytes() in seen:        # a held-out sequence: draw this row again
+                while (
+                    tokens[i].tobytes() in seen
+                ):  # a held-out sequence: draw this row again
                     tokens[i] = rng.integers(0, self.vocab_size, size=self.seq_len)
         return tokens, self.targets(tokens)
 
@@ -81,7 +85,7 @@ def accuracy(logits: np.ndarray, targets: np.ndarray, *, per_position: bool = Fa
     """Share of scored positions whose largest logit is the target (per position: an (L,) array)."""
     scored = targets != IGNORE
     right = (np.asarray(logits).argmax(axis=-1) == targets) & scored
-    if per_position:                                      # NaN where no position is scored
+    if per_position:  # NaN where no position is scored
         with np.errstate(invalid="ignore"):
             return right.sum(axis=0) / scored.sum(axis=0)
     return float(right.sum() / scored.sum())
@@ -93,7 +97,9 @@ class History:
 
     loss: np.ndarray
     torch_loss: np.ndarray | None = None
-    param_diff: dict[str, np.ndarray] | None = None     # name -> max |NumPy - torch| after each step
+    param_diff: dict[str, np.ndarray] | None = (
+        None  # name -> max |NumPy - torch| after each step
+    )
 
     @property
     def max_param_diff(self) -> np.ndarray:
@@ -101,8 +107,18 @@ class History:
         return np.max(np.stack(list(self.param_diff.values())), axis=0)
 
 
-def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: float = 3e-3, seed=0,
-        held_out: np.ndarray | None = None, twin=None, progress: bool | None = None) -> History:
+def fit(
+    model,
+    task: SequenceTask,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed=0,
+    held_out: np.ndarray | None = None,
+    twin=None,
+    progress: bool | None = None,
+) -> History:
     """Train ``model`` with :class:`mha.optim.Adam` on ``steps`` fresh batches of ``task``.
 
     Batches come from ``np.random.default_rng(seed)`` and avoid the rows of
@@ -121,6 +137,7 @@ def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: floa
         import torch
 
         from .model import from_torch
+
         torch_optimizer = torch.optim.Adam(twin.parameters(), lr=lr)
         torch_losses = np.empty(steps)
         diffs = {name: np.empty(steps) for name in model.parameters()}
@@ -134,8 +151,10 @@ def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: floa
             torch_optimizer.zero_grad()
             V = model.vocab_size
             torch_loss = torch.nn.functional.cross_entropy(
-                twin(torch.from_numpy(tokens)).reshape(-1, V), torch.from_numpy(targets).reshape(-1),
-                ignore_index=IGNORE)
+                twin(torch.from_numpy(tokens)).reshape(-1, V),
+                torch.from_numpy(targets).reshape(-1),
+                ignore_index=IGNORE,
+            )
             torch_loss.backward()
             torch_optimizer.step()
             torch_losses[step] = torch_loss.item()
@@ -170,6 +189,6 @@ def _progress(iterable, show: bool | None, desc: str):
         return iterable
     try:
         from tqdm.std import tqdm  # the text bar: no widget library needed
-    except ImportError:                                   # tqdm is optional: train without a bar
+    except ImportError:  # tqdm is optional: train without a bar
         return iterable
     return tqdm(iterable, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)

@@ -29,7 +29,9 @@ def as_float64(a: Any, name: str = "array") -> np.ndarray:
     try:
         arr = np.asarray(a)
     except Exception as exc:  # e.g. a ragged list
-        raise TypeError(f"{name} must be array-like, got {type(a).__name__}: {exc}") from exc
+        raise TypeError(
+            f"{name} must be array-like, got {type(a).__name__}: {exc}"
+        ) from exc
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr.astype(np.float64)
@@ -38,7 +40,9 @@ def as_float64(a: Any, name: str = "array") -> np.ndarray:
 def _pair(actual: Any, expected: Any) -> tuple[np.ndarray, np.ndarray]:
     a, b = as_float64(actual, "actual"), as_float64(expected, "expected")
     if a.shape != b.shape:
-        raise ValueError(f"actual and expected must have the same shape, got actual {a.shape} and expected {b.shape}")
+        raise ValueError(
+            f"actual and expected must have the same shape, got actual {a.shape} and expected {b.shape}"
+        )
     return a, b
 
 
@@ -68,8 +72,12 @@ def max_abs_diff(actual: Any, expected: Any) -> float:
 
 
 def _check_tolerance(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a non-negative number, got {value!r} ({type(value).__name__})")
+    if isinstance(value, bool) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"{name} must be a non-negative number, got {value!r} ({type(value).__name__})"
+        )
     if not value >= 0:
         raise ValueError(f"{name} must be a non-negative number, got {value}")
 
@@ -92,7 +100,9 @@ def report_match(
     """
     for name, text in (("label", label), ("reference", reference)):
         if not isinstance(text, str):
-            raise TypeError(f"{name} must be a str, got {text!r} ({type(text).__name__})")
+            raise TypeError(
+                f"{name} must be a str, got {text!r} ({type(text).__name__})"
+            )
     _check_tolerance("atol", atol)
     _check_tolerance("rtol", rtol)
     a, b = _pair(actual, expected)

@@ -37,10 +37,18 @@ def torch_dtype(dtype):
 
 def assert_close(label: str, ours, theirs, tol: float) -> None:
     """assert_allclose with the step's name in the message (rtol = atol = tol)."""
-    theirs = theirs.detach().cpu().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    theirs = (
+        theirs.detach().cpu().numpy()
+        if hasattr(theirs, "detach")
+        else np.asarray(theirs)
+    )
     ours = np.asarray(ours)
-    assert ours.shape == theirs.shape, f"{label}: shape {ours.shape} != torch's {theirs.shape}"
-    np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol, err_msg=f"{label} differs from torch")
+    assert ours.shape == theirs.shape, (
+        f"{label}: shape {ours.shape} != torch's {theirs.shape}"
+    )
+    np.testing.assert_allclose(
+        ours, theirs, rtol=tol, atol=tol, err_msg=f"{label} differs from torch"
+    )
 
 
 # ---------------------------------------------------------------- the torch reference run
@@ -50,11 +58,15 @@ def matching_pair(d_model, num_heads, *, dtype=np.float32, seed=0, **options):
     """(mha module, torch module) with the same random weights, every bias non-zero."""
     import torch
 
-    numpy_mha, torch_mha = mha.create_matching_mha(d_model, num_heads, dtype=dtype, seed=seed, **options)
+    numpy_mha, torch_mha = mha.create_matching_mha(
+        d_model, num_heads, dtype=dtype, seed=seed, **options
+    )
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in torch_mha.named_parameters():
-            if "bias" in name:  # torch initialises biases to zero, which would hide bias bugs
+            if (
+                "bias" in name
+            ):  # torch initialises biases to zero, which would hide bias bugs
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     mha.load_weights_from_pytorch(numpy_mha, torch_mha)
     return numpy_mha, torch_mha
@@ -67,11 +79,24 @@ def to_torch(a, dtype=None, requires_grad=False):
     if a is None:
         return None
     a = np.asarray(a)
-    t = torch.tensor(a) if dtype is None or a.dtype == np.bool_ else torch.tensor(a, dtype=dtype)
+    t = (
+        torch.tensor(a)
+        if dtype is None or a.dtype == np.bool_
+        else torch.tensor(a, dtype=dtype)
+    )
     return t.requires_grad_(requires_grad)
 
 
-def torch_run(torch_mha, query, key=None, value=None, grad_output=None, *, self_attention=False, **kwargs):
+def torch_run(
+    torch_mha,
+    query,
+    key=None,
+    value=None,
+    grad_output=None,
+    *,
+    self_attention=False,
+    **kwargs,
+):
     """torch's forward (and backward if ``grad_output``): (out, weights, input grads, param grads).
 
     ``self_attention=True`` feeds one tensor as query, key and value (``key``/``value`` are ignored),
@@ -146,7 +171,9 @@ def make_masks(kind, rng, n, L, S, batched, dtype):
     if kind in ("kpm_bool", "kpm_and_attn"):
         ours["key_padding_mask"] = kpm
     if kind == "kpm_float":
-        ours["key_padding_mask"] = np.where(kpm, -np.inf, rng.standard_normal(kpm.shape)).astype(dtype)
+        ours["key_padding_mask"] = np.where(
+            kpm, -np.inf, rng.standard_normal(kpm.shape)
+        ).astype(dtype)
     if kind in ("attn2d_bool", "kpm_and_attn"):
         ours["attn_mask"] = blocked[0]
     if kind == "attn2d_float":
@@ -154,11 +181,15 @@ def make_masks(kind, rng, n, L, S, batched, dtype):
     if kind == "attn3d_bool":
         ours["attn_mask"] = blocked
     if kind == "attn3d_float":
-        ours["attn_mask"] = np.where(blocked, -1e4, rng.standard_normal(blocked.shape)).astype(dtype)
+        ours["attn_mask"] = np.where(
+            blocked, -1e4, rng.standard_normal(blocked.shape)
+        ).astype(dtype)
     theirs = dict(ours)
     if kind == "causal":
         ours["is_causal"] = True
-        theirs["attn_mask"] = np.triu(np.ones((L, S), dtype=bool), k=1)  # the explicit mask is the reference
+        theirs["attn_mask"] = np.triu(
+            np.ones((L, S), dtype=bool), k=1
+        )  # the explicit mask is the reference
     return ours, theirs
 
 
@@ -181,12 +212,20 @@ def check_case(options, mask_kind, layout, dtype, self_attention, average, seed)
     options = dict(options, batch_first=layout != "seq_first")
     numpy_mha, torch_mha = matching_pair(E, H, dtype=dtype, seed=seed, **options)
     tol = tol_for(dtype)
-    q, k, v, S_ = make_inputs(rng, layout, self_attention, numpy_mha.kdim, numpy_mha.vdim, dtype)
-    ours_kw, theirs_kw = make_masks(mask_kind, rng, N, L, S_, layout != "unbatched", dtype)
+    q, k, v, S_ = make_inputs(
+        rng, layout, self_attention, numpy_mha.kdim, numpy_mha.vdim, dtype
+    )
+    ours_kw, theirs_kw = make_masks(
+        mask_kind, rng, N, L, S_, layout != "unbatched", dtype
+    )
     if self_attention:
-        out, weights = numpy_mha(q, need_weights=True, average_attn_weights=average, **ours_kw)
+        out, weights = numpy_mha(
+            q, need_weights=True, average_attn_weights=average, **ours_kw
+        )
     else:
-        out, weights = numpy_mha(q, k, v, need_weights=True, average_attn_weights=average, **ours_kw)
+        out, weights = numpy_mha(
+            q, k, v, need_weights=True, average_attn_weights=average, **ours_kw
+        )
     grad_out = rng.standard_normal(out.shape).astype(dtype)
     grads_in = numpy_mha.backward(grad_out)
     assert out.dtype == dtype and weights.dtype == dtype
@@ -206,13 +245,22 @@ def check_case(options, mask_kind, layout, dtype, self_attention, average, seed)
     assert_close("attention weights", weights, t_weights, tol)
     # ... and its gradients from the SDPA route it takes by default.
     t_out, _, t_grads_in, t_grads = torch_run(
-        torch_mha, q, k, v, grad_out, self_attention=self_attention, need_weights=False, **theirs_kw
+        torch_mha,
+        q,
+        k,
+        v,
+        grad_out,
+        self_attention=self_attention,
+        need_weights=False,
+        **theirs_kw,
     )
     assert_close("output", out, t_out, tol)
     if self_attention:
         assert_close("grad input", grads_in, t_grads_in[0], tol)
     else:
-        for label, ours, theirs in zip(("grad query", "grad key", "grad value"), grads_in, t_grads_in):
+        for label, ours, theirs in zip(
+            ("grad query", "grad key", "grad value"), grads_in, t_grads_in
+        ):
             assert_close(label, ours, theirs, tol)
     state = mha.torch_state_dict(numpy_mha, grads=True)
     assert set(state) == set(t_grads), "parameter names differ from torch's"
@@ -242,7 +290,9 @@ def entry_point(call: Callable[[], Any]) -> str | None:
                 frames.append(tb.tb_frame)
             tb = tb.tb_next
         if frames and frames[0].f_code.co_name == "__call__" and len(frames) > 1:
-            frames.pop(0)  # m(x) is m.forward(x): the layer's __call__ only passes it on
+            frames.pop(
+                0
+            )  # m(x) is m.forward(x): the layer's __call__ only passes it on
         if frames:
             return f"{frames[0].f_globals['__name__']}.{frames[0].f_code.co_qualname}"
     return None

@@ -27,7 +27,11 @@ def _torch_loss(logits, targets, dloss=None, **kwargs):
     loss = F.cross_entropy(z, torch.tensor(targets.reshape(-1)), **kwargs)
     if kwargs.get("reduction") == "none":
         loss = loss.reshape(targets.shape)
-    grad = torch.ones_like(loss) if dloss is None else torch.as_tensor(dloss, dtype=z.dtype)
+    grad = (
+        torch.ones_like(loss)
+        if dloss is None
+        else torch.as_tensor(dloss, dtype=z.dtype)
+    )
     loss.backward(grad)
     return loss.detach().numpy(), z.grad.numpy().reshape(logits.shape)
 
@@ -41,7 +45,11 @@ def test_matches_torch(dtype, reduction, label_smoothing, ignore_share):
     logits, targets = _case(shape, 5, dtype, ignore_share=ignore_share)
     assert ignore_share == 0 or (targets == -100).any()
     rng = np.random.default_rng(1)
-    dloss = rng.standard_normal(shape).astype(dtype) if reduction == "none" else np.asarray(0.7, dtype)
+    dloss = (
+        rng.standard_normal(shape).astype(dtype)
+        if reduction == "none"
+        else np.asarray(0.7, dtype)
+    )
     kwargs = dict(reduction=reduction, label_smoothing=label_smoothing)
     loss, cache = cross_entropy(logits, targets, **kwargs)
     ref_loss, ref_grad = _torch_loss(logits, targets, dloss, **kwargs)
@@ -53,12 +61,20 @@ def test_matches_torch(dtype, reduction, label_smoothing, ignore_share):
 
 
 def test_other_ignore_index_and_one_dimensional_targets():
-    logits, targets = _case((9,), 4, np.float64, seed=3, ignore_share=0.4, ignore_index=2)
+    logits, targets = _case(
+        (9,), 4, np.float64, seed=3, ignore_share=0.4, ignore_index=2
+    )
     loss, cache = cross_entropy(logits, targets, ignore_index=2, label_smoothing=0.2)
-    ref_loss, ref_grad = _torch_loss(logits, targets, ignore_index=2, label_smoothing=0.2)
+    ref_loss, ref_grad = _torch_loss(
+        logits, targets, ignore_index=2, label_smoothing=0.2
+    )
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-13)
-    np.testing.assert_allclose(cross_entropy_backward(1.0, cache), ref_grad, rtol=1e-13, atol=1e-15)
-    assert not cross_entropy_backward(1.0, cache)[targets == 2].any()   # ignored rows get no gradient
+    np.testing.assert_allclose(
+        cross_entropy_backward(1.0, cache), ref_grad, rtol=1e-13, atol=1e-15
+    )
+    assert not cross_entropy_backward(1.0, cache)[
+        targets == 2
+    ].any()  # ignored rows get no gradient
 
 
 def test_every_row_ignored_gives_nan_like_torch():
@@ -80,8 +96,12 @@ def test_large_logits_stay_finite():
 
 def test_log_softmax_matches_torch():
     logits, _ = _case((3, 4), 6, np.float64)
-    np.testing.assert_allclose(log_softmax(logits), F.log_softmax(torch.tensor(logits), -1).numpy(),
-                               rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(
+        log_softmax(logits),
+        F.log_softmax(torch.tensor(logits), -1).numpy(),
+        rtol=1e-14,
+        atol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
@@ -96,7 +116,10 @@ def test_gradient_equals_finite_differences(label_smoothing):
         up, down = logits.copy(), logits.copy()
         up[idx] += h
         down[idx] -= h
-        numeric[idx] = (cross_entropy(up, targets, **kwargs)[0] - cross_entropy(down, targets, **kwargs)[0]) / (2 * h)
+        numeric[idx] = (
+            cross_entropy(up, targets, **kwargs)[0]
+            - cross_entropy(down, targets, **kwargs)[0]
+        ) / (2 * h)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -132,7 +155,9 @@ def test_bad_input_is_named(change, error, message):
 
 
 def test_backward_checks_dloss_shape():
-    _, cache = cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 3), int), reduction="none")
+    _, cache = cross_entropy(
+        np.zeros((2, 3, 5)), np.zeros((2, 3), int), reduction="none"
+    )
     with pytest.raises(ValueError, match=r"dloss.*\(2, 3\).*\(\)"):
         cross_entropy_backward(1.0, cache)
     _, cache = cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 3), int))

@@ -21,8 +21,11 @@ def _gradients(model, task, dtype=np.float64, label_smoothing=0.0):
     loss, cache = cross_entropy(logits, targets, label_smoothing=label_smoothing)
     grads = model.backward(cross_entropy_backward(1.0, cache))
     torch_logits = twin(torch.from_numpy(tokens))
-    torch_loss = F.cross_entropy(torch_logits.reshape(-1, V), torch.from_numpy(targets).reshape(-1),
-                                 label_smoothing=label_smoothing)
+    torch_loss = F.cross_entropy(
+        torch_logits.reshape(-1, V),
+        torch.from_numpy(targets).reshape(-1),
+        label_smoothing=label_smoothing,
+    )
     torch_loss.backward()
     return logits, torch_logits, loss, torch_loss, grads, from_torch(twin, grads=True)
 
@@ -30,22 +33,40 @@ def _gradients(model, task, dtype=np.float64, label_smoothing=0.0):
 @pytest.mark.parametrize("positional", POSITIONAL)
 @pytest.mark.parametrize("num_layers, residual", [(1, False), (2, True), (2, False)])
 @pytest.mark.parametrize("kind", ["reverse", "copy"])
-def test_gradients_equal_torch_autograd_of_the_twin(positional, num_layers, residual, kind):
-    model = TinyTransformer(V, L, d_model=8, num_heads=2, num_layers=num_layers, positional=positional,
-                            residual=residual, seed=4)
+def test_gradients_equal_torch_autograd_of_the_twin(
+    positional, num_layers, residual, kind
+):
+    model = TinyTransformer(
+        V,
+        L,
+        d_model=8,
+        num_heads=2,
+        num_layers=num_layers,
+        positional=positional,
+        residual=residual,
+        seed=4,
+    )
     task = SequenceTask(kind, L, V, offset=2 if kind == "copy" else 0)
-    logits, t_logits, loss, t_loss, grads, t_grads = _gradients(model, task, label_smoothing=0.1)
+    logits, t_logits, loss, t_loss, grads, t_grads = _gradients(
+        model, task, label_smoothing=0.1
+    )
     np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=1e-13)
     np.testing.assert_allclose(loss, t_loss.item(), rtol=1e-14)
     assert list(grads) == list(t_grads) == list(model.parameters())
     for name in grads:
         assert grads[name].shape == model.parameters()[name].shape, name
-        np.testing.assert_allclose(grads[name], t_grads[name], rtol=0, atol=1e-13, err_msg=name)
+        np.testing.assert_allclose(
+            grads[name], t_grads[name], rtol=0, atol=1e-13, err_msg=name
+        )
 
 
 def test_float32_model_matches_its_float32_twin():
-    model = TinyTransformer(V, L, d_model=8, positional="rope", dtype=np.float32, seed=1)
-    logits, t_logits, _, _, grads, t_grads = _gradients(model, SequenceTask("reverse", L, V))
+    model = TinyTransformer(
+        V, L, d_model=8, positional="rope", dtype=np.float32, seed=1
+    )
+    logits, t_logits, _, _, grads, t_grads = _gradients(
+        model, SequenceTask("reverse", L, V)
+    )
     assert logits.dtype == np.float32 and t_logits.dtype == torch.float32
     np.testing.assert_allclose(logits, t_logits.detach().numpy(), atol=1e-5)
     for name in grads:
@@ -54,8 +75,16 @@ def test_float32_model_matches_its_float32_twin():
 
 
 def test_gradient_equals_finite_differences():
-    model = TinyTransformer(V, L, d_model=4, num_heads=2, positional="rope", num_layers=2, residual=True,
-                            seed=2)
+    model = TinyTransformer(
+        V,
+        L,
+        d_model=4,
+        num_heads=2,
+        positional="rope",
+        num_layers=2,
+        residual=True,
+        seed=2,
+    )
     tokens, targets = SequenceTask("reverse", L, V).sample(3, 1)
 
     def loss():
@@ -79,7 +108,10 @@ def test_gradient_equals_finite_differences():
 def test_parameters_are_the_arrays_themselves_and_the_twin_holds_copies():
     model = TinyTransformer(V, L, positional="learned", seed=0)
     params = model.parameters()
-    assert params["layers.0.W_Q"] is model.layers[0].W_Q and params["readout.W"] is model.W_out
+    assert (
+        params["layers.0.W_Q"] is model.layers[0].W_Q
+        and params["readout.W"] is model.W_out
+    )
     twin = model.to_torch()
     params["embedding"] += 1.0
     assert not np.allclose(from_torch(twin)["embedding"], model.embedding)
@@ -88,7 +120,15 @@ def test_parameters_are_the_arrays_themselves_and_the_twin_holds_copies():
 
 def test_attention_weights_are_returned_per_layer():
     for positional in ("sinusoidal", "rope"):
-        model = TinyTransformer(V, L, d_model=8, num_heads=2, num_layers=2, residual=True, positional=positional)
+        model = TinyTransformer(
+            V,
+            L,
+            d_model=8,
+            num_heads=2,
+            num_layers=2,
+            residual=True,
+            positional=positional,
+        )
         tokens, _ = SequenceTask("reverse", L, V).sample(3, 0)
         logits, weights = model(tokens, need_weights=True)
         assert logits.shape == (3, L, V) and len(weights) == 2
@@ -104,15 +144,22 @@ def test_same_seed_same_model_and_sinusoids_are_fixed():
     assert not np.array_equal(a.embedding, TinyTransformer(V, L, seed=4).embedding)
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(positional="absolute"), ValueError, r"positional.*'rope'.*'absolute'"),
-    (dict(d_model=10, num_heads=3), ValueError, r"d_model \(10\).*num_heads \(3\)"),
-    (dict(num_layers=0), ValueError, r"num_layers.*positive.*0"),
-    (dict(residual=1), TypeError, r"residual.*1"),
-    (dict(dtype=np.int32), TypeError, r"dtype.*int32"),
-    (dict(d_model=6, num_heads=2, positional="sinusoidal"), None, None),
-    (dict(d_model=6, num_heads=2, positional="rope"), ValueError, r"head_dim.*even.*3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(positional="absolute"), ValueError, r"positional.*'rope'.*'absolute'"),
+        (dict(d_model=10, num_heads=3), ValueError, r"d_model \(10\).*num_heads \(3\)"),
+        (dict(num_layers=0), ValueError, r"num_layers.*positive.*0"),
+        (dict(residual=1), TypeError, r"residual.*1"),
+        (dict(dtype=np.int32), TypeError, r"dtype.*int32"),
+        (dict(d_model=6, num_heads=2, positional="sinusoidal"), None, None),
+        (
+            dict(d_model=6, num_heads=2, positional="rope"),
+            ValueError,
+            r"head_dim.*even.*3",
+        ),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, error, message):
     if error is None:
         TinyTransformer(V, L, **kwargs)
@@ -141,9 +188,13 @@ def test_bad_tokens_and_dlogits():
 
 def test_task_targets():
     tokens = np.arange(10).reshape(2, 5)
-    assert np.array_equal(SequenceTask("reverse", 5, 10).targets(tokens), tokens[:, ::-1])
+    assert np.array_equal(
+        SequenceTask("reverse", 5, 10).targets(tokens), tokens[:, ::-1]
+    )
     copy = SequenceTask("copy", 5, 10, offset=2).targets(tokens)
-    assert np.array_equal(copy[:, :2], np.full((2, 2), IGNORE)) and np.array_equal(copy[:, 2:], tokens[:, :3])
+    assert np.array_equal(copy[:, :2], np.full((2, 2), IGNORE)) and np.array_equal(
+        copy[:, 2:], tokens[:, :3]
+    )
     with pytest.raises(ValueError, match=r"offset.*\[1, 5\).*5"):
         SequenceTask("copy", 5, 10, offset=5)
     with pytest.raises(ValueError, match=r"kind.*'sort'"):
@@ -151,7 +202,7 @@ def test_task_targets():
 
 
 def test_samples_avoid_held_out_rows_and_repeat_with_the_seed():
-    task = SequenceTask("reverse", 2, 3)                  # only 9 sequences exist
+    task = SequenceTask("reverse", 2, 3)  # only 9 sequences exist
     held_out, _ = task.sample(1, 0)
     tokens, targets = task.sample(200, 1, exclude=held_out)
     assert not (tokens == held_out[0]).all(axis=1).any()
@@ -160,7 +211,9 @@ def test_samples_avoid_held_out_rows_and_repeat_with_the_seed():
 
 def test_accuracy_counts_scored_positions_only():
     targets = np.array([[IGNORE, 1, 2], [IGNORE, 0, 2]])
-    logits = np.eye(3)[np.array([[0, 1, 0], [2, 0, 2]])]   # right at 3 of the 4 scored positions
+    logits = np.eye(3)[
+        np.array([[0, 1, 0], [2, 0, 2]])
+    ]  # right at 3 of the 4 scored positions
     assert accuracy(logits, targets) == 0.75
     per = accuracy(logits, targets, per_position=True)
     assert np.isnan(per[0]) and np.array_equal(per[1:], [1.0, 0.5])
@@ -171,17 +224,24 @@ def test_fit_in_float64_stays_with_torch_and_learns():
     held_x, held_y = task.sample(300, 10)
     model = TinyTransformer(V, L, d_model=16, seed=0)
     twin = model.to_torch()
-    history = fit(model, task, steps=150, lr=1e-2, held_out=held_x, twin=twin, progress=False)
+    history = fit(
+        model, task, steps=150, lr=1e-2, held_out=held_x, twin=twin, progress=False
+    )
     assert history.loss.shape == history.torch_loss.shape == (150,)
     np.testing.assert_allclose(history.loss, history.torch_loss, rtol=1e-12)
-    for name, diff in history.param_diff.items():   # b_K's gradient is rounding noise that Adam scales up
+    for (
+        name,
+        diff,
+    ) in (
+        history.param_diff.items()
+    ):  # b_K's gradient is rounding noise that Adam scales up
         assert diff.max() <= (1e-9 if name.endswith("b_K") else 1e-12), name
     assert history.loss[-10:].mean() < 0.2 * history.loss[:10].mean()
     assert accuracy(model(held_x), held_y) > 0.9
 
 
 def test_progress_is_off_where_nobody_watches(capsys):
-    assert watched() is False                             # pytest captures stderr: not a terminal
+    assert watched() is False  # pytest captures stderr: not a terminal
     fit(TinyTransformer(V, L), SequenceTask("reverse", L, V), steps=2)
     assert capsys.readouterr().err == ""
 
@@ -189,11 +249,17 @@ def test_progress_is_off_where_nobody_watches(capsys):
 def test_progress_shows_where_a_front_end_accepts_input(monkeypatch, capsys):
     import types
 
-    kernel = types.SimpleNamespace(_allow_stdin=True)      # JupyterLab, Colab, VS Code
+    kernel = types.SimpleNamespace(_allow_stdin=True)  # JupyterLab, Colab, VS Code
     shell = types.SimpleNamespace(kernel=kernel)
-    monkeypatch.setitem(__import__("sys").modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    monkeypatch.setitem(
+        __import__("sys").modules,
+        "IPython",
+        types.SimpleNamespace(get_ipython=lambda: shell),
+    )
     assert watched() is True
-    kernel._allow_stdin = False                           # nbval, jupyter execute, Jupyter Book
+    kernel._allow_stdin = False  # nbval, jupyter execute, Jupyter Book
     assert watched() is False
     fit(TinyTransformer(V, L), SequenceTask("reverse", L, V), steps=2, progress=True)
-    assert "training (reverse)" in capsys.readouterr().err   # asked for explicitly: shown
+    assert (
+        "training (reverse)" in capsys.readouterr().err
+    )  # asked for explicitly: shown
