@@ -30,9 +30,8 @@ class _ChunkCaches(dict):
         if key != "weights":
             raise KeyError(key)
         first = self["chunks"][0][1]["weights"]
-        weights = np.empty(
-            self["batch_heads"] + first.shape[2:], dtype=first.dtype
-        )  # (N, H, L, S)
+        # (N, H, L, S)
+        weights = np.empty(self["batch_heads"] + first.shape[2:], dtype=first.dtype)
         for idx, cache in self["chunks"]:
             weights[idx] = cache["weights"]
         self["weights"] = weights
@@ -75,9 +74,8 @@ class ThreadedBlocks:
     ):
         """:func:`mha.functional.attention_forward` on (N, H, ...) inputs, in (sequence, head) chunks."""
         N, H = q.shape[:2]
-        out = np.empty(
-            q.shape[:3] + v.shape[3:], dtype=np.result_type(q, v)
-        )  # (N, H, L, Ev)
+        # (N, H, L, Ev)
+        out = np.empty(q.shape[:3] + v.shape[3:], dtype=np.result_type(q, v))
         chunks = parallel.batch_head_chunks(N, H, 4 * parallel.get_num_threads())
 
         def one_chunk(idx):
@@ -93,9 +91,8 @@ class ThreadedBlocks:
 
     def attention_backward(self, dout: np.ndarray, cache: dict):
         """:func:`mha.functional.attention_backward` of a chunked forward; dout (N, H, L, Ev)."""
-        dq, dk, dv = (
-            np.empty(shape, dtype=dout.dtype) for shape in cache["shapes"]
-        )  # like q, k, v
+        # like q, k, v
+        dq, dk, dv = (np.empty(shape, dtype=dout.dtype) for shape in cache["shapes"])
 
         def one_chunk(item):
             idx, chunk_cache = item

@@ -105,9 +105,8 @@ def _per_head(x: np.ndarray) -> np.ndarray:
     """One row per head, the batch pooled."""
     if x.ndim == 2:
         return x.reshape(1, -1)  # (L, S) -> (1, L*S)
-    return np.moveaxis(x, -3, 0).reshape(
-        x.shape[-3], -1
-    )  # (N, H, L, S) -> (H, N, L, S) -> (H, N*L*S)
+    # (N, H, L, S) -> (H, N, L, S) -> (H, N*L*S)
+    return np.moveaxis(x, -3, 0).reshape(x.shape[-3], -1)
 
 
 def _weights(weights, name: str) -> np.ndarray:

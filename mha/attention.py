@@ -68,18 +68,16 @@ class MultiHeadAttention:
         self.dtype = float_dtype(dtype)
         E, rng = self.d_model, rng_from_seed(seed)
 
-        def xavier_uniform(
-            fan_out, fan_in
-        ):  # drawn in torch's (out, in) layout, returned as (in, out)
+        # drawn in torch's (out, in) layout, returned as (in, out)
+        def xavier_uniform(fan_out, fan_in):
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             return rng.uniform(-bound, bound, size=(fan_out, fan_in)).T.astype(
                 self.dtype
             )
 
         if self.kdim == E and self.vdim == E:
-            in_proj = xavier_uniform(
-                3 * E, E
-            )  # torch's in_proj_weight (3E, E), transposed: (E, 3E)
+            # torch's in_proj_weight (3E, E), transposed: (E, 3E)
+            in_proj = xavier_uniform(3 * E, E)
             self.W_Q, self.W_K, self.W_V = (
                 in_proj[:, i * E : (i + 1) * E].copy() for i in range(3)
             )
@@ -180,17 +178,12 @@ class MultiHeadAttention:
             query, key, value, key_padding_mask, attn_mask, is_causal
         )
         W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, bias_k, bias_v = a.params
-        x_q, x_k, x_v, mask = (
-            a.x_q,
-            a.x_k,
-            a.x_v,
-            a.mask,
-        )  # (N, L, E), (N, S, kdim), (N, S, vdim)
+        # (N, L, E), (N, S, kdim), (N, S, vdim)
+        x_q, x_k, x_v, mask = (a.x_q, a.x_k, a.x_v, a.mask)
         with _threaded.blocks(a.work) as F:  # mha.functional, or its threaded drop-in
             if a.self_attention:  # one input: one (E, 3E) projection
-                qkv = F.linear(
-                    x_q, _cat(W_Q, W_K, W_V), _cat_bias(b_Q, b_K, b_V)
-                )  # (N, L, 3E)
+                # (N, L, 3E)
+                qkv = F.linear(x_q, _cat(W_Q, W_K, W_V), _cat_bias(b_Q, b_K, b_V))
                 q, k, v = np.split(qkv, 3, axis=-1)  # (N, L, 3E) -> 3 x (N, L, E)
             else:
                 q, k, v = (
@@ -198,11 +191,8 @@ class MultiHeadAttention:
                     F.linear(x_k, W_K, b_K),
                     F.linear(x_v, W_V, b_V),
                 )
-            q, k, v = (
-                split_heads(q, H),
-                split_heads(k, H),
-                split_heads(v, H),
-            )  # (N, H, L|S, hd)
+            # (N, H, L|S, hd)
+            q, k, v = (split_heads(q, H), split_heads(k, H), split_heads(v, H))
             if bias_k is not None:  # one learned key/value, shared by all sequences
                 k = _append_key(k, split_heads(bias_k[None], H))  # (N, H, S+1, hd)
                 v = _append_key(v, split_heads(bias_v[None], H))
@@ -240,19 +230,18 @@ class MultiHeadAttention:
             d_concat, grads["W_O"], grads["b_O"] = F.linear_backward(
                 dout, c["concat"], W_O, has
             )
-            dq, dk, dv = F.attention_backward(
-                split_heads(d_concat, H), c["attn"]
-            )  # (N, H, L|S', hd)
+            # (N, H, L|S', hd)
+            dq, dk, dv = F.attention_backward(split_heads(d_concat, H), c["attn"])
             if a.params[8] is not None:  # bias_k, bias_v: summed over the sequences
-                grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(
-                    -1
-                )  # (N, H, hd) -> (H, hd) -> (E,)
+                # (N, H, hd) -> (H, hd) -> (E,)
+                grads["bias_k"] = sum_rows(dk[:, :, S]).reshape(-1)
                 grads["bias_v"] = sum_rows(dv[:, :, S]).reshape(-1)
+            # (N, L|S, E)
             dq, dk, dv = (
                 merge_heads(dq),
                 merge_heads(dk[:, :, :S]),
                 merge_heads(dv[:, :, :S]),
-            )  # (N, L|S, E)
+            )
             if a.self_attention:  # the (E, 3E) projection: one backward
                 dx, dW, db = F.linear_backward(
                     np.concatenate([dq, dk, dv], axis=-1),
@@ -398,9 +387,8 @@ class _Arguments:
         """(N, L, features) -> the caller's layout; weights (N, [H,] L, S) only lose the batch axis if unbatched."""
         if not self.batched:
             return x[0]  # (1, L, E) -> (L, E)
-        return (
-            x if (self.batch_first or weights) else x.transpose(1, 0, 2)
-        )  # (N, L, E) -> (L, N, E)
+        # (N, L, E) -> (L, N, E)
+        return x if (self.batch_first or weights) else x.transpose(1, 0, 2)
 
 
 def _cat(*Ws: np.ndarray) -> np.ndarray:

@@ -170,9 +170,8 @@ def attention_forward(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     q_scaled = q * q.dtype.type(scale)  # scale the smaller operand, not the scores
-    scores = q_scaled @ np.swapaxes(
-        k, -1, -2
-    )  # (..., L, E) @ (..., E, S) -> (..., L, S)
+    # (..., L, E) @ (..., E, S) -> (..., L, S)
+    scores = q_scaled @ np.swapaxes(k, -1, -2)
     if bias is not None:
         scores += bias
     weights = _softmax_inplace(scores)  # (..., L, S), reuses the scores' memory
@@ -193,17 +192,14 @@ def attention_backward(dout: np.ndarray, cache: dict):
         cache["v"],
         cache["weights"],
     )
-    dv = (
-        np.swapaxes(weights, -1, -2) @ dout
-    )  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
-    dweights = dout @ np.swapaxes(
-        v, -1, -2
-    )  # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
+    # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
+    dv = np.swapaxes(weights, -1, -2) @ dout
+    # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
+    dweights = dout @ np.swapaxes(v, -1, -2)
     dscores = softmax_backward(dweights, weights)  # (..., L, S)
     dq = (dscores @ k) * q_scaled.dtype.type(cache["scale"])  # (..., L, E)
-    dk = (
-        np.swapaxes(dscores, -1, -2) @ q_scaled
-    )  # (..., S, L) @ (..., L, E) -> (..., S, E)
+    # (..., S, L) @ (..., L, E) -> (..., S, E)
+    dk = np.swapaxes(dscores, -1, -2) @ q_scaled
     return (
         _unbroadcast(dq, q_scaled.shape),
         _unbroadcast(dk, k.shape),
@@ -298,6 +294,5 @@ def _additive_bias(attn_mask, dtype):
 
 def _repeat_kv_heads(x, Hq: int):
     """Repeat each of the ``Hkv`` heads on axis -3 ``Hq // Hkv`` times (torch's repeat_interleave)."""
-    return np.repeat(
-        x, Hq // x.shape[-3], axis=-3
-    )  # (..., Hkv, S, E) -> (..., Hq, S, E)
+    # (..., Hkv, S, E) -> (..., Hq, S, E)
+    return np.repeat(x, Hq // x.shape[-3], axis=-3)

@@ -54,9 +54,8 @@ def cross_entropy(
     keep = y != ignore_index  # (...) rows that count
     safe_y = np.where(keep, y, 0)  # an ignored row reads class 0, then is zeroed
     logp = log_softmax(z)  # (..., C)
-    nll = -np.take_along_axis(logp, safe_y[..., None], axis=-1)[
-        ..., 0
-    ]  # (..., C) -> (...)
+    # (..., C) -> (...)
+    nll = -np.take_along_axis(logp, safe_y[..., None], axis=-1)[..., 0]
     if smoothing:
         row_loss = (1 - smoothing) * nll - (smoothing / C) * logp.sum(axis=-1)
     else:
@@ -104,9 +103,8 @@ def cross_entropy_backward(dloss, cache: dict) -> np.ndarray:
     np.put_along_axis(q, y[..., None], 1.0 - cache["smoothing"], axis=-1)
     q += dtype.type(cache["smoothing"] / C)
     dlogits = np.exp(logp) - q  # p - q, (..., C)
-    weight = np.where(keep, d, 0).astype(
-        dtype, copy=False
-    )  # (...) or () broadcast to the rows
+    # (...) or () broadcast to the rows
+    weight = np.where(keep, d, 0).astype(dtype, copy=False)
     return dlogits * weight[..., None]
 
 

@@ -54,9 +54,8 @@ def merge_masks(
     key_padding_mask = mask_array(key_padding_mask, "key_padding_mask")
     attn_mask = mask_array(attn_mask, "attn_mask")
     if is_causal and attn_mask is None:
-        attn_mask = ~causal_mask(
-            L, S
-        )  # True = blocked, as nn.MultiheadAttention expects
+        # True = blocked, as nn.MultiheadAttention expects
+        attn_mask = ~causal_mask(L, S)
     merged = None
     if attn_mask is not None:
         if attn_mask.ndim == 2:
@@ -72,9 +71,8 @@ def merge_masks(
                 raise ValueError(
                     f"attn_mask must have shape {what} = {expected}, got {attn_mask.shape}"
                 )
-            merged = _to_additive(attn_mask, dtype).reshape(
-                N, H, L, S
-            )  # (N*H, L, S) -> (N, H, L, S)
+            # (N*H, L, S) -> (N, H, L, S)
+            merged = _to_additive(attn_mask, dtype).reshape(N, H, L, S)
         else:
             raise ValueError(
                 f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape {attn_mask.shape}"
@@ -86,9 +84,8 @@ def merge_masks(
             raise ValueError(
                 f"key_padding_mask must have shape {what} = {expected}, got {key_padding_mask.shape}"
             )
-        padding = _to_additive(key_padding_mask, dtype).reshape(
-            N, 1, 1, S
-        )  # (N, S) -> (N, 1, 1, S)
+        # (N, S) -> (N, 1, 1, S)
+        padding = _to_additive(key_padding_mask, dtype).reshape(N, 1, 1, S)
         merged = padding if merged is None else merged + padding
     if merged is not None and extra_keys:
         # bias_k and the zero key take part for every query: pad with 0 ("attend").

@@ -79,14 +79,12 @@ class TinyTransformer:
         )
         V, L, E = self.vocab_size, self.seq_len, self.d_model
         rng = rng_from_seed(seed)
-        self.embedding = rng.standard_normal((V, E)).astype(
-            self.dtype
-        )  # like nn.Embedding: N(0, 1)
+        # like nn.Embedding: N(0, 1)
+        self.embedding = rng.standard_normal((V, E)).astype(self.dtype)
         self.position = None
         if positional == "sinusoidal":
-            self.encoding = np.asarray(
-                sinusoidal_encoding(L, E), dtype=self.dtype
-            )  # fixed, not trained
+            # fixed, not trained
+            self.encoding = np.asarray(sinusoidal_encoding(L, E), dtype=self.dtype)
         elif positional == "learned":
             self.encoding = None
             self.position = (0.5 * rng.standard_normal((L, E))).astype(self.dtype)
@@ -97,9 +95,8 @@ class TinyTransformer:
             for _ in range(num_layers)
         ]
         bound = 1.0 / math.sqrt(E)  # like nn.Linear's default
-        self.W_out = rng.uniform(-bound, bound, (V, E)).T.astype(
-            self.dtype
-        )  # drawn (out, in), kept (in, out)
+        # drawn (out, in), kept (in, out)
+        self.W_out = rng.uniform(-bound, bound, (V, E)).T.astype(self.dtype)
         self.b_out = rng.uniform(-bound, bound, V).astype(self.dtype)
         self.rope = None
         if positional == "rope":  # the (cos, sin) tables, (L, hd) each
@@ -186,9 +183,8 @@ class TinyTransformer:
         if self.position is not None:
             grads["position"] = dh.sum(axis=0)  # (N, L, E) -> (L, E)
         d_embedding = np.zeros_like(self.embedding)
-        np.add.at(
-            d_embedding, c["tokens"], dh
-        )  # each row of dh goes to its token's row
+        # each row of dh goes to its token's row
+        np.add.at(d_embedding, c["tokens"], dh)
         grads["embedding"] = d_embedding
         return {name: grads[name] for name in self.parameters()}
 
@@ -223,14 +219,11 @@ class TinyTransformer:
             heads(layer.W_K, layer.b_K),
             heads(layer.W_V, layer.b_V),
         )
-        q, k = (
-            apply_rope(q, freqs=self.rope),
-            apply_rope(k, freqs=self.rope),
-        )  # the one new step
+        # the one new step
+        q, k = (apply_rope(q, freqs=self.rope), apply_rope(k, freqs=self.rope))
         out, attn = attention_forward(q, k, v)  # (N, H, L, hd)
-        concat = out.transpose(0, 2, 1, 3).reshape(
-            N * L, E
-        )  # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+        # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+        concat = out.transpose(0, 2, 1, 3).reshape(N * L, E)
         a = (concat @ layer.W_O + layer.b_O).reshape(N, L, E)
         return a, dict(x2=x2, attn=attn, concat=concat, shape=(N, L, E))
 
@@ -240,19 +233,16 @@ class TinyTransformer:
         H, hd = layer.num_heads, layer.head_dim
         d2 = dout.reshape(N * L, E)  # (N, L, E) -> (N*L, E)
         grads = {"W_O": cache["concat"].T @ d2, "b_O": d2.sum(axis=0)}
-        d_heads = (
-            (d2 @ layer.W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)
-        )  # -> (N, H, L, hd)
+        # -> (N, H, L, hd)
+        d_heads = (d2 @ layer.W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)
         dq, dk, dv = attention_backward(d_heads, cache["attn"])
-        dq = apply_rope_backward(
-            dq, freqs=self.rope
-        )  # the rotation's transpose: rotate back
+        # the rotation's transpose: rotate back
+        dq = apply_rope_backward(dq, freqs=self.rope)
         dk = apply_rope_backward(dk, freqs=self.rope)
         dx = np.zeros_like(cache["x2"])
         for tag, d in (("Q", dq), ("K", dk), ("V", dv)):
-            d = d.transpose(0, 2, 1, 3).reshape(
-                N * L, E
-            )  # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+            # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+            d = d.transpose(0, 2, 1, 3).reshape(N * L, E)
             grads["W_" + tag] = cache["x2"].T @ d
             grads["b_" + tag] = d.sum(axis=0)
             dx += d @ getattr(layer, "W_" + tag).T
@@ -288,10 +278,8 @@ def from_torch(twin, *, grads: bool = False) -> dict[str, np.ndarray]:
         out["position"] = arr(twin.position)
     for i, layer in enumerate(twin.layers):
         E = layer.embed_dim
-        w, b = (
-            arr(layer.in_proj_weight),
-            arr(layer.in_proj_bias),
-        )  # (3E, E), (3E,): Q, K, V stacked
+        # (3E, E), (3E,): Q, K, V stacked
+        w, b = (arr(layer.in_proj_weight), arr(layer.in_proj_bias))
         for j, tag in enumerate("QKV"):
             out[f"layers.{i}.W_{tag}"] = w[
                 j * E : (j + 1) * E
@@ -348,9 +336,8 @@ def _twin_class():
             )
             self.readout = torch.nn.Linear(model.d_model, model.vocab_size, dtype=dt)
             with torch.no_grad():
-                self.readout.weight.copy_(
-                    torch.tensor(model.W_out.T)
-                )  # (in, out) -> torch's (out, in)
+                # (in, out) -> torch's (out, in)
+                self.readout.weight.copy_(torch.tensor(model.W_out.T))
                 self.readout.bias.copy_(torch.tensor(model.b_out))
             if self.positional == "rope":
                 self.register_buffer("rope_cos", torch.tensor(model.rope[0]))
@@ -379,9 +366,8 @@ def _twin_class():
             N, L, E = h.shape
             H = layer.num_heads
             qkv = F.linear(h, layer.in_proj_weight, layer.in_proj_bias)  # (N, L, 3E)
-            qkv = qkv.reshape(N, L, 3, H, E // H).permute(
-                2, 0, 3, 1, 4
-            )  # -> (3, N, H, L, hd)
+            # -> (3, N, H, L, hd)
+            qkv = qkv.reshape(N, L, 3, H, E // H).permute(2, 0, 3, 1, 4)
             q, k, v = self._rotate(qkv[0]), self._rotate(qkv[1]), qkv[2]
             out = F.scaled_dot_product_attention(q, k, v)  # (N, H, L, hd)
             return layer.out_proj(out.transpose(1, 2).reshape(N, L, E))  # -> (N, L, E)

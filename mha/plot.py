@@ -288,9 +288,8 @@ def error_heatmap(
     if log:
         if high <= low:
             high = low * 10
-        shown = np.where(
-            diff == 0, low, diff
-        )  # exact zeros take the bottom colour of the bar
+        # exact zeros take the bottom colour of the bar
+        shown = np.where(diff == 0, low, diff)
         norm = LogNorm(vmin=low, vmax=high)
     else:
         shown = diff

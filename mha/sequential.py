@@ -109,17 +109,12 @@ class Head:
 
     def forward(self, x):
         """x: (B, T, C) -> out: (B, T, hd)."""
-        self._scale = 1.0 / float(
-            np.sqrt(self.head_dim)
-        )  # a Python float keeps float32 float32
-        self._q, self._k, self._v = (
-            self.q_proj(x),
-            self.k_proj(x),
-            self.v_proj(x),
-        )  # (B, T, hd)
-        scores = (
-            self._q @ self._k.swapaxes(-1, -2) * self._scale
-        )  # (B, T, hd) @ (B, hd, T) -> (B, T, T)
+        # a Python float keeps float32 float32
+        self._scale = 1.0 / float(np.sqrt(self.head_dim))
+        # (B, T, hd)
+        self._q, self._k, self._v = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        # (B, T, hd) @ (B, hd, T) -> (B, T, T)
+        scores = self._q @ self._k.swapaxes(-1, -2) * self._scale
         self.attn_weights = softmax(scores)  # (B, T, T), stable: shifted by the row max
         return self.attn_weights @ self._v  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
 
@@ -132,13 +127,11 @@ class Head:
         w = self.attn_weights
         dw = dy @ self._v.swapaxes(-1, -2)  # (B, T, hd) @ (B, hd, T) -> (B, T, T)
         dv = w.swapaxes(-1, -2) @ dy  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        ds = softmax_backward(
-            dw, w
-        )  # (B, T, T): ds_i = w_i * (dw_i - <dw_i, w_i>), row by row
+        # (B, T, T): ds_i = w_i * (dw_i - <dw_i, w_i>), row by row
+        ds = softmax_backward(dw, w)
         dq = ds @ self._k * self._scale  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        dk = (
-            ds.swapaxes(-1, -2) @ self._q * self._scale
-        )  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
+        # (B, T, T) @ (B, T, hd) -> (B, T, hd)
+        dk = ds.swapaxes(-1, -2) @ self._q * self._scale
         return (
             self.q_proj.backward(dq)
             + self.k_proj.backward(dk)
@@ -180,15 +173,13 @@ class SequentialMHA:
         self.out_proj = Linear(C, C, self.bias, rng=None, dtype=self.dtype)
 
         a = np.sqrt(6.0 / (C + 3 * C))
-        w_in = rng.uniform(
-            -a, a, (3 * C, C)
-        )  # (3C, C): [q heads 0..H-1; k heads; v heads]
+        # (3C, C): [q heads 0..H-1; k heads; v heads]
+        w_in = rng.uniform(-a, a, (3 * C, C))
         for h, head in enumerate(self.heads):
             for j, lin in enumerate((head.q_proj, head.k_proj, head.v_proj)):
                 lin.w[...] = w_in[j * C + h * hd : j * C + (h + 1) * hd]  # (hd, C)
-        self.out_proj.w[...] = rng.uniform(
-            -1 / np.sqrt(C), 1 / np.sqrt(C), (C, C)
-        )  # (C, C)
+        # (C, C)
+        self.out_proj.w[...] = rng.uniform(-1 / np.sqrt(C), 1 / np.sqrt(C), (C, C))
         self._out_shape = None
 
     def __repr__(self):
@@ -217,9 +208,8 @@ class SequentialMHA:
                 f"x must have at least one time step (T >= 1), got shape {x.shape}"
             )
         x3 = x if x.ndim == 3 else x[None]  # (T, C) -> (1, T, C)
-        cat = np.concatenate(
-            [head(x3) for head in self.heads], axis=-1
-        )  # H x (B, T, hd) -> (B, T, C)
+        # H x (B, T, hd) -> (B, T, C)
+        cat = np.concatenate([head(x3) for head in self.heads], axis=-1)
         out = self.out_proj(cat)  # (B, T, C)
         self._out_shape = x.shape
         return out.reshape(x.shape)  # (1, T, C) -> (T, C) when unbatched
@@ -246,9 +236,8 @@ class SequentialMHA:
         """(B, H, T, T) weights of the last forward, (H, T, T) if it was unbatched; or None."""
         if self._out_shape is None:
             return None
-        w = np.stack(
-            [head.attn_weights for head in self.heads], axis=1
-        )  # H x (B, T, T) -> (B, H, T, T)
+        # H x (B, T, T) -> (B, H, T, T)
+        w = np.stack([head.attn_weights for head in self.heads], axis=1)
         return w if len(self._out_shape) == 3 else w[0]
 
     def in_proj_weight(self, grad=False):

@@ -70,9 +70,8 @@ def _torch_parameters(pytorch_mha) -> dict:
     E = pytorch_mha.embed_dim
     if pytorch_mha._qkv_same_embed_dim:
         in_proj = _to_numpy(pytorch_mha.in_proj_weight)  # (3E, E)
-        W_Q, W_K, W_V = (
-            in_proj[i * E : (i + 1) * E].T for i in range(3)
-        )  # rows of torch -> columns here
+        # rows of torch -> columns here
+        W_Q, W_K, W_V = (in_proj[i * E : (i + 1) * E].T for i in range(3))
     else:
         W_Q, W_K, W_V = (
             _to_numpy(getattr(pytorch_mha, n)).T
@@ -181,9 +180,8 @@ def compare_outputs(
     seq_axis = 1 if x_q.ndim == 3 and numpy_mha.batch_first else 0
     L, S = x_q.shape[seq_axis], x_k.shape[seq_axis]
     if kwargs.pop("is_causal", False) and kwargs.get("attn_mask") is None:
-        kwargs["attn_mask"] = np.triu(
-            np.ones((L, S), dtype=bool), k=1
-        )  # True = blocked
+        # True = blocked
+        kwargs["attn_mask"] = np.triu(np.ones((L, S), dtype=bool), k=1)
     for name in ("attn_mask", "key_padding_mask"):
         if kwargs.get(name) is not None:
             m = np.asarray(kwargs[name])
@@ -201,9 +199,8 @@ def compare_outputs(
     if theirs.ndim == 3 and numpy_mha.batch_first != pytorch_mha.batch_first:
         theirs = theirs.transpose(1, 0, 2)
     max_diff = max_abs_diff(ours, theirs)
-    if (
-        np.isnan(max_diff) or np.isnan(theirs).any()
-    ):  # a NaN never matches, even torch's own
+    # a NaN never matches, even torch's own
+    if np.isnan(max_diff) or np.isnan(theirs).any():
         return Comparison(False, float("nan"))
     return Comparison(bool(max_diff <= atol), max_diff)
 
@@ -300,9 +297,10 @@ def torch_state_dict(numpy_mha, grads: bool = False) -> dict:
     E = numpy_mha.d_model
     state = {}
     if numpy_mha.kdim == E and numpy_mha.vdim == E:
+        # (3E, E)
         state["in_proj_weight"] = np.concatenate(
             [p["W_Q"].T, p["W_K"].T, p["W_V"].T], axis=0
-        )  # (3E, E)
+        )
     else:
         state.update(
             q_proj_weight=p["W_Q"].T.copy(),
@@ -310,9 +308,8 @@ def torch_state_dict(numpy_mha, grads: bool = False) -> dict:
             v_proj_weight=p["W_V"].T.copy(),
         )
     state["out_proj.weight"] = p["W_O"].T.copy()
-    if any(
-        p[n] is not None for n in BIAS_NAMES
-    ):  # torch has all four biases or none: a missing one is zeros
+    # torch has all four biases or none: a missing one is zeros
+    if any(p[n] is not None for n in BIAS_NAMES):
         zero = np.zeros(E, numpy_mha.dtype)
         state["in_proj_bias"] = np.concatenate(
             [zero if p[n] is None else p[n] for n in BIAS_NAMES[:3]]

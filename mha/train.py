@@ -70,9 +70,8 @@ class SequenceTask:
         if exclude is not None and len(exclude):
             seen = exclude if isinstance(exclude, (set, frozenset)) else _rows(exclude)
             for i in range(n):
-                while (
-                    tokens[i].tobytes() in seen
-                ):  # a held-out sequence: draw this row again
+                # a held-out sequence: draw this row again
+                while tokens[i].tobytes() in seen:
                     tokens[i] = rng.integers(0, self.vocab_size, size=self.seq_len)
         return tokens, self.targets(tokens)
 

@@ -64,9 +64,8 @@ def matching_pair(d_model, num_heads, *, dtype=np.float32, seed=0, **options):
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in torch_mha.named_parameters():
-            if (
-                "bias" in name
-            ):  # torch initialises biases to zero, which would hide bias bugs
+            # torch initialises biases to zero, which would hide bias bugs
+            if "bias" in name:
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     mha.load_weights_from_pytorch(numpy_mha, torch_mha)
     return numpy_mha, torch_mha
@@ -187,9 +186,8 @@ def make_masks(kind, rng, n, L, S, batched, dtype):
     theirs = dict(ours)
     if kind == "causal":
         ours["is_causal"] = True
-        theirs["attn_mask"] = np.triu(
-            np.ones((L, S), dtype=bool), k=1
-        )  # the explicit mask is the reference
+        # the explicit mask is the reference
+        theirs["attn_mask"] = np.triu(np.ones((L, S), dtype=bool), k=1)
     return ours, theirs
 
 
@@ -290,9 +288,8 @@ def entry_point(call: Callable[[], Any]) -> str | None:
                 frames.append(tb.tb_frame)
             tb = tb.tb_next
         if frames and frames[0].f_code.co_name == "__call__" and len(frames) > 1:
-            frames.pop(
-                0
-            )  # m(x) is m.forward(x): the layer's __call__ only passes it on
+            # m(x) is m.forward(x): the layer's __call__ only passes it on
+            frames.pop(0)
         if frames:
             return f"{frames[0].f_globals['__name__']}.{frames[0].f_code.co_qualname}"
     return None

@@ -29,9 +29,8 @@ def test_entropy_is_torchs_categorical_entropy(shape):
 def test_entropy_of_one_hot_is_zero_and_of_uniform_is_log_s():
     one_hot = np.eye(4)
     uniform = np.full((4, 4), 0.25)
-    np.testing.assert_array_equal(
-        analysis.entropy(one_hot), 0.0
-    )  # 0 log 0 taken as 0, not NaN
+    # 0 log 0 taken as 0, not NaN
+    np.testing.assert_array_equal(analysis.entropy(one_hot), 0.0)
     np.testing.assert_allclose(analysis.entropy(uniform), np.log(4), rtol=1e-15)
     np.testing.assert_allclose(
         analysis.entropy(uniform, normalize=True), 1.0, rtol=1e-15
@@ -64,9 +63,8 @@ def test_sparsity_counts_weights_below_the_threshold():
 def test_compare_patterns_per_head_and_overall():
     a, b = _maps((2, 3, 5, 7), seed=3), _maps((2, 3, 5, 7), seed=4)
     r = analysis.compare_patterns(a, b)
-    ta, tb = (
-        torch.tensor(x).transpose(0, 1).reshape(3, -1) for x in (a, b)
-    )  # (H, N*L*S)
+    # (H, N*L*S)
+    ta, tb = (torch.tensor(x).transpose(0, 1).reshape(3, -1) for x in (a, b))
     assert_close("max_abs_diff", r["max_abs_diff"], (ta - tb).abs().amax(-1), 0)
     assert_close(
         "mse",

@@ -21,9 +21,8 @@ def test_linear_and_its_backward_match_torch(dtype, lead, has_bias):
     W = rng.standard_normal((6, 4)).astype(dtype)  # the book's (in, out)
     b = rng.standard_normal(4).astype(dtype) if has_bias else None
     dout = rng.standard_normal((*lead, 4)).astype(dtype)
-    tx, tW = (
-        torch.tensor(a, requires_grad=True) for a in (x, W.T.copy())
-    )  # torch's weight is (out, in)
+    # torch's weight is (out, in)
+    tx, tW = (torch.tensor(a, requires_grad=True) for a in (x, W.T.copy()))
     tb = torch.tensor(b, requires_grad=True) if has_bias else None
     t_out = F.linear(tx, tW, tb)
     t_out.backward(torch.tensor(dout))
@@ -41,10 +40,8 @@ def test_linear_and_its_backward_match_torch(dtype, lead, has_bias):
 
 
 def test_linear_names_a_torch_layout_weight():
-    x, W = (
-        np.ones((3, 6)),
-        np.ones((4, 6)),
-    )  # torch's (out, in): the transpose is needed
+    # torch's (out, in): the transpose is needed
+    x, W = (np.ones((3, 6)), np.ones((4, 6)))
     with pytest.raises(
         ValueError,
         match=r"W must have shape \(in, out\).*x \(3, 6\) and W \(4, 6\).*transpose",
@@ -65,9 +62,8 @@ def test_linear_names_a_torch_layout_weight():
 def test_split_heads_is_torchs_view_and_transpose_and_merge_inverts_it(shape, H):
     x = np.random.default_rng(1).standard_normal(shape)
     *lead, L, E = shape
-    t = (
-        torch.tensor(x).view(*lead, L, H, E // H).transpose(-3, -2)
-    )  # what torch's MHA does per batch
+    # what torch's MHA does per batch
+    t = torch.tensor(x).view(*lead, L, H, E // H).transpose(-3, -2)
     heads = mha.split_heads(x, H)
     assert heads.shape == (*lead, H, L, E // H)
     np.testing.assert_array_equal(heads, t.numpy())

@@ -27,9 +27,8 @@ def test_compare_outputs_result_is_truthy_and_unpacks():
     numpy_mha.W_V = numpy_mha.W_V.copy()
     numpy_mha.W_V[3, 5] += 1e-2  # a small bug in one weight ...
     result = mha.compare_outputs(numpy_mha, torch_mha, x)
-    assert (
-        not result and result.match is False and result.max_diff > 1e-5
-    )  # ... is caught
+    # ... is caught
+    assert not result and result.match is False and result.max_diff > 1e-5
     assert not mha.compare_outputs(numpy_mha, torch_mha, x, atol=result.max_diff / 2)
 
 
@@ -67,9 +66,8 @@ def test_load_follows_the_torch_module_and_never_changes_it():
         12, 3, bias=False, add_bias_kv=True, add_zero_attn=True, batch_first=True
     )
     before = _state(torch_mha)
-    numpy_mha = mha.MultiHeadAttention(
-        12, 3, bias=True
-    )  # has biases, no bias_k, no zero key
+    # has biases, no bias_k, no zero key
+    numpy_mha = mha.MultiHeadAttention(12, 3, bias=True)
     returned = mha.load_weights_from_pytorch(numpy_mha, torch_mha)
     assert returned is numpy_mha
     assert numpy_mha.b_Q is None and numpy_mha.b_O is None
@@ -78,9 +76,8 @@ def test_load_follows_the_torch_module_and_never_changes_it():
     for name, value in _state(torch_mha).items():
         assert torch.equal(value, before[name]), f"{name} changed"
     x = np.random.default_rng(0).standard_normal((2, 4, 12)).astype(np.float32)
-    assert mha.compare_outputs(
-        numpy_mha, torch_mha, x
-    )  # dropout=0: training mode changes nothing
+    # dropout=0: training mode changes nothing
+    assert mha.compare_outputs(numpy_mha, torch_mha, x)
 
 
 def test_load_from_float64_module_keeps_numpy_dtype():

@@ -27,9 +27,10 @@ def test_softmax_matches_torch_and_is_stable():
     with np.errstate(over="ignore", invalid="ignore"):
         naive = np.exp(big) / np.exp(big).sum()
     assert np.isnan(naive).all()  # the naive formula overflows ...
+    # ... the stable one does not
     assert_close(
         "large logits", mha.softmax(big), torch.softmax(torch.tensor(big), -1), 1e-7
-    )  # ... the stable one does not
+    )
     assert mha.softmax(big).dtype == np.float32
 
 
@@ -107,9 +108,8 @@ def test_sdpa_is_causal_and_scale(L, S):
         attn_mask=torch.from_numpy(causal_mask(L, S)),
         scale=0.3,
     )
-    rows = causal_mask(L, S).any(
-        axis=-1
-    )  # queries with a visible key (torch: NaN otherwise)
+    # queries with a visible key (torch: NaN otherwise)
+    rows = causal_mask(L, S).any(axis=-1)
     np.testing.assert_allclose(
         explicit.numpy()[..., rows, :], theirs.numpy()[..., rows, :], rtol=0, atol=1e-12
     )

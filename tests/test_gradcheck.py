@@ -77,15 +77,13 @@ def _masks(rng, batched, S_, kind):
     if kind is None:
         return {}
     if kind == "float_attn_bool_kpm":
-        attn = rng.standard_normal(
-            (n * HEADS, L, S_)
-        )  # one float mask per sequence and head
+        # one float mask per sequence and head
+        attn = rng.standard_normal((n * HEADS, L, S_))
         attn[0, 0, 1] = -np.inf  # a blocked pair inside a float mask
         kpm = np.zeros((n, S_), dtype=bool)
         kpm[0, -1] = True  # first sequence: last key is padding
-        return dict(
-            attn_mask=attn, key_padding_mask=kpm if batched else kpm[0]
-        )  # unbatched: (H, L, S), (S,)
+        # unbatched: (H, L, S), (S,)
+        return dict(attn_mask=attn, key_padding_mask=kpm if batched else kpm[0])
     if kind == "float_attn_2d":
         return dict(attn_mask=rng.standard_normal((L, S_)))
     if kind == "fully_masked_row":  # query 1 may attend no key: output is b_O there
@@ -142,9 +140,8 @@ def test_module_backward_matches_finite_differences(
     )
     for name, p in m.parameters().items():
         if name.startswith("b_"):
-            p[...] = rng.uniform(
-                -0.5, 0.5, p.shape
-            )  # zero biases would hide a bias-gradient bug
+            # zero biases would hide a bias-gradient bug
+            p[...] = rng.uniform(-0.5, 0.5, p.shape)
     S_ = L if self_attention else S
 
     def make(T, features):
@@ -221,9 +218,8 @@ def test_softmax_backward_with_blocked_entries():
         return float(np.sum(softmax(x) * G))
 
     analytic = softmax_backward(G, softmax(x))
-    numeric = numeric_grad(
-        loss, x
-    )  # -inf +- h stays -inf: the numeric derivative there is 0
+    # -inf +- h stays -inf: the numeric derivative there is 0
+    numeric = numeric_grad(loss, x)
     check_grad("softmax_backward with -inf logits", analytic, numeric)
     assert np.all(analytic[np.isneginf(x)] == 0)
 
@@ -283,17 +279,15 @@ def test_wrong_softmax_backward_is_caught():
 
     numeric = numeric_grad(loss, x)
     p = softmax(x)
-    check_grad(
-        "softmax_backward (right)", softmax_backward(G, p), numeric
-    )  # the right one passes ...
+    # the right one passes ...
+    check_grad("softmax_backward (right)", softmax_backward(G, p), numeric)
     wrong = wrong_softmax_backward(G, p)
     error = np.max(np.abs(wrong - numeric))
     assert error > 1e4 * TOL, (
         f"p*(1-p)*dout is off by only {error:.3g}: the check would not tell it apart"
     )
-    with pytest.raises(
-        AssertionError, match="softmax_backward \\(wrong\\)"
-    ):  # ... the wrong one fails
+    # ... the wrong one fails
+    with pytest.raises(AssertionError, match="softmax_backward \\(wrong\\)"):
         check_grad("softmax_backward (wrong)", wrong, numeric)
 
 

@@ -211,9 +211,8 @@ def test_samples_avoid_held_out_rows_and_repeat_with_the_seed():
 
 def test_accuracy_counts_scored_positions_only():
     targets = np.array([[IGNORE, 1, 2], [IGNORE, 0, 2]])
-    logits = np.eye(3)[
-        np.array([[0, 1, 0], [2, 0, 2]])
-    ]  # right at 3 of the 4 scored positions
+    # right at 3 of the 4 scored positions
+    logits = np.eye(3)[np.array([[0, 1, 0], [2, 0, 2]])]
     assert accuracy(logits, targets) == 0.75
     per = accuracy(logits, targets, per_position=True)
     assert np.isnan(per[0]) and np.array_equal(per[1:], [1.0, 0.5])
@@ -229,12 +228,8 @@ def test_fit_in_float64_stays_with_torch_and_learns():
     )
     assert history.loss.shape == history.torch_loss.shape == (150,)
     np.testing.assert_allclose(history.loss, history.torch_loss, rtol=1e-12)
-    for (
-        name,
-        diff,
-    ) in (
-        history.param_diff.items()
-    ):  # b_K's gradient is rounding noise that Adam scales up
+    # b_K's gradient is rounding noise that Adam scales up
+    for name, diff in history.param_diff.items():
         assert diff.max() <= (1e-9 if name.endswith("b_K") else 1e-12), name
     assert history.loss[-10:].mean() < 0.2 * history.loss[:10].mean()
     assert accuracy(model(held_x), held_y) > 0.9
@@ -260,6 +255,5 @@ def test_progress_shows_where_a_front_end_accepts_input(monkeypatch, capsys):
     kernel._allow_stdin = False  # nbval, jupyter execute, Jupyter Book
     assert watched() is False
     fit(TinyTransformer(V, L), SequenceTask("reverse", L, V), steps=2, progress=True)
-    assert (
-        "training (reverse)" in capsys.readouterr().err
-    )  # asked for explicitly: shown
+    # asked for explicitly: shown
+    assert "training (reverse)" in capsys.readouterr().err

@@ -70,9 +70,8 @@ def test_parameters_are_updated_in_place():
     before = layer.W_Q.copy()
     opt = Adam(layer.parameters(), lr=0.1)
     opt.step({n: np.ones_like(p) for n, p in layer.parameters().items()})
-    np.testing.assert_allclose(
-        layer.W_Q, before - 0.1
-    )  # first step: lr * sign(g) (up to eps)
+    # first step: lr * sign(g) (up to eps)
+    np.testing.assert_allclose(layer.W_Q, before - 0.1)
     assert opt.state["W_Q"]["m"].shape == before.shape
 
 
@@ -128,6 +127,5 @@ def test_missing_or_misshapen_gradient():
         opt.step({**grads, "W_Q": np.zeros((8, 8), dtype=np.int64)})
     with pytest.raises(TypeError, match=r"grads.*dict.*list"):
         opt.step(list(grads.values()))
-    assert opt.t == 0 and all(
-        not s["m"].any() for s in opt.state.values()
-    )  # a refused step changes nothing
+    # a refused step changes nothing
+    assert opt.t == 0 and all(not s["m"].any() for s in opt.state.values())

@@ -87,9 +87,8 @@ def test_threads_change_no_bit_of_any_result(threaded, N, H, options):
     q = rng.standard_normal((N, L, E)).astype(np.float32)
     k = rng.standard_normal((N, S, m.kdim)).astype(np.float32)
     v = rng.standard_normal((N, S, m.vdim)).astype(np.float32)
-    args = (
-        (q, None, None) if not options else (q, k, v)
-    )  # self-attention (one fused projection) or cross
+    # self-attention (one fused projection) or cross
+    args = (q, None, None) if not options else (q, k, v)
     masks = make_masks(
         "kpm_and_attn", rng, N, L, L if args[1] is None else S, True, np.float32
     )[0]
@@ -166,9 +165,8 @@ def test_the_blas_thread_count_is_restored_after_forward_and_backward(threaded):
 
 
 def test_without_threadpoolctl_the_layer_runs_serially(threaded, monkeypatch):
-    monkeypatch.setattr(
-        parallel, "_blas", False
-    )  # as if threadpoolctl were missing or found no BLAS
+    # as if threadpoolctl were missing or found no BLAS
+    monkeypatch.setattr(parallel, "_blas", False)
     m = mha.MultiHeadAttention(8, 2, seed=0)
     with parallel.threads(10**9) as pmap:
         assert pmap is None

@@ -287,9 +287,8 @@ def test_error_heatmap_shared_range_puts_panels_on_one_scale():
     )
     for ax in (ax_small, ax_large):
         assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (1e-8, 1.0)
-    np.testing.assert_array_equal(
-        ax_small.images[0].get_array(), [[1e-8, 1e-7, 1e-6]]
-    )  # zeros at vmin
+    # zeros at vmin
+    np.testing.assert_array_equal(ax_small.images[0].get_array(), [[1e-8, 1e-7, 1e-6]])
     _, ax_lin = plot.error_heatmap(large, np.zeros_like(large), log=False, vmax=0.5)
     assert (ax_lin.images[0].norm.vmin, ax_lin.images[0].norm.vmax) == (0.0, 0.5)
 

@@ -109,12 +109,10 @@ def test_sinusoidal_shift_is_one_rotation_for_every_position(k):
     d_model, P = 12, 64
     pe = sinusoidal_encoding(P + k, d_model)
     m = shift_matrix(k, d_model)
-    np.testing.assert_allclose(
-        m @ m.T, np.eye(d_model), atol=1e-14
-    )  # a rotation: orthogonal
-    np.testing.assert_allclose(
-        pe[k:], pe[:P] @ m.T, atol=1e-12
-    )  # PE[p + k] = M_k PE[p], all p
+    # a rotation: orthogonal
+    np.testing.assert_allclose(m @ m.T, np.eye(d_model), atol=1e-14)
+    # PE[p + k] = M_k PE[p], all p
+    np.testing.assert_allclose(pe[k:], pe[:P] @ m.T, atol=1e-12)
     # and M_k is the only such map: least squares on the pairs (PE[p], PE[p+k]) recovers it (a small
     # base, so that every frequency turns far enough over P positions for the system to be well posed)
     pe, m = sinusoidal_encoding(P + k, 6, base=10.0), shift_matrix(k, 6, base=10.0)
@@ -124,9 +122,8 @@ def test_sinusoidal_shift_is_one_rotation_for_every_position(k):
 
 def test_sinusoidal_shift_matrix_of_a_wrong_k_fails():
     pe = sinusoidal_encoding(20, 8)
-    assert not np.allclose(
-        pe[2:], pe[:18] @ shift_matrix(1, 8).T, atol=1e-3
-    )  # the test can fail
+    # the test can fail
+    assert not np.allclose(pe[2:], pe[:18] @ shift_matrix(1, 8).T, atol=1e-3)
 
 
 # --- RoPE tables ---------------------------------------------------------------------------------
@@ -136,9 +133,8 @@ def test_sinusoidal_shift_matrix_of_a_wrong_k_fails():
 def test_rope_frequencies_layout(dtype):
     cos, sin = rope_frequencies(8, 40, dtype=dtype)
     assert cos.shape == sin.shape == (40, 8) and cos.dtype == sin.dtype == dtype
-    np.testing.assert_array_equal(
-        cos[:, :4], cos[:, 4:]
-    )  # each angle twice, side by side
+    # each angle twice, side by side
+    np.testing.assert_array_equal(cos[:, :4], cos[:, 4:])
     np.testing.assert_array_equal(sin[:, :4], sin[:, 4:])
     angles = torch_angles(torch.arange(40), 8)
     np.testing.assert_allclose(
@@ -168,10 +164,8 @@ CASES = [  # (shape of x, positions or None)
     ((5, 8), None),
     ((2, 3, 6, 16), None),
     ((4, 4), np.array([7, 0, 3, 100])),
-    (
-        (2, 3, 5, 8),
-        np.array([[[0, 1, 2, 3, 4]], [[10, 11, 12, 13, 14]]]),
-    ),  # per-sequence offsets (N, 1, L)
+    # per-sequence offsets (N, 1, L)
+    ((2, 3, 5, 8), np.array([[[0, 1, 2, 3, 4]], [[10, 11, 12, 13, 14]]])),
 ]
 
 
@@ -277,9 +271,8 @@ def test_rope_backward_finite_differences():
 def test_rope_backward_undoes_the_rotation():
     x = _x((4, 9, 8), np.float64, 7)
     np.testing.assert_allclose(apply_rope_backward(apply_rope(x)), x, atol=1e-14)
-    assert not np.allclose(
-        apply_rope(apply_rope(x)), x, atol=1e-3
-    )  # the forward twice does not
+    # the forward twice does not
+    assert not np.allclose(apply_rope(apply_rope(x)), x, atol=1e-3)
 
 
 # --- bad input -----------------------------------------------------------------------------------

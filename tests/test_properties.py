@@ -143,9 +143,8 @@ def draw_masks(case: MHACase, rng, extra_keys: int):
         if case.mask_dtype == "bool":
             return mask
         values = rng.standard_normal(mask.shape) if noise else np.zeros(mask.shape)
-        return np.where(mask, -np.inf, values).astype(
-            case.dtype
-        )  # float masks: added to the scores
+        # float masks: added to the scores
+        return np.where(mask, -np.inf, values).astype(case.dtype)
 
     kwargs = {}
     if kpm is not None:
@@ -153,9 +152,8 @@ def draw_masks(case: MHACase, rng, extra_keys: int):
             kpm[0] if case.unbatched else kpm, noise=False
         )
     if attn is not None:
-        kwargs["attn_mask"] = as_given(
-            attn, noise=True
-        )  # 3d unbatched: (H, L, S) since N == 1
+        # 3d unbatched: (H, L, S) since N == 1
+        kwargs["attn_mask"] = as_given(attn, noise=True)
     return kwargs, blocked, dead
 
 
@@ -192,9 +190,8 @@ def test_mha_matches_torch(case: MHACase):
     k = make(case.S, m.kdim)
     v = make(case.S, m.vdim)
     masks, blocked, dead = draw_masks(case, rng, extra_keys)
-    event(
-        f"fully masked rows: {bool(dead.any())}"
-    )  # shown by --hypothesis-show-statistics
+    # shown by --hypothesis-show-statistics
+    event(f"fully masked rows: {bool(dead.any())}")
     event(
         f"masks: {', '.join(sorted(masks)) + ' (' + case.mask_dtype + ')' if masks else 'none'}"
     )
@@ -269,9 +266,8 @@ def test_mha_matches_torch(case: MHACase):
     )
     w = weights[None] if case.unbatched else weights  # (N, H, L, S') or (N, L, S')
     S_total = case.S + extra_keys
-    head_alive = (~dead).astype(
-        np.float64
-    )  # each head's row sums to 1, or 0 when no key is left
+    # each head's row sums to 1, or 0 when no key is left
+    head_alive = (~dead).astype(np.float64)
     expected_sums = head_alive.mean(axis=1) if case.average else head_alive
     assert w.shape == expected_sums.shape + (S_total,), f"weights shape {weights.shape}"
     np.testing.assert_allclose(

@@ -179,9 +179,8 @@ def test_attention_weights_of_each_head_match_torch(batched):
         need_weights=True,
         average_attn_weights=False,
     )
-    w_t = (
-        w_t.detach().numpy() if batched else w_t.detach().numpy()[None]
-    )  # (B, H, T, T)
+    # (B, H, T, T)
+    w_t = w_t.detach().numpy() if batched else w_t.detach().numpy()[None]
     for h, head in enumerate(seq.heads):
         assert head.attn_weights.shape == (w_t.shape[0], 6, 6)
         np.testing.assert_allclose(head.attn_weights, w_t[:, h], atol=1e-12, rtol=1e-12)
@@ -221,9 +220,8 @@ def test_linear_init_is_torch_default_and_float32():
     bound = 1 / np.sqrt(64)
     assert np.abs(lin.w).max() <= bound and np.abs(lin.w).max() > 0.95 * bound
     assert np.abs(lin.b).max() <= bound and np.any(lin.b != 0)
-    zero = Linear(
-        4, 2, bias=True, rng=None
-    )  # rng=None: zeros, for callers that fill them in
+    # rng=None: zeros, for callers that fill them in
+    zero = Linear(4, 2, bias=True, rng=None)
     assert not np.any(zero.w) and not np.any(zero.b)
 
 
@@ -280,9 +278,8 @@ def test_init_follows_torch_and_the_documented_draws():
     assert all(
         isinstance(p, Parameter) and p.dtype == np.float32 for p in seq.parameters()
     )
-    assert (
-        len(seq.parameters()) == 6 * H + 2
-    )  # per head q, k, v weights and biases; out_proj's two
+    # per head q, k, v weights and biases; out_proj's two
+    assert len(seq.parameters()) == 6 * H + 2
 
 
 def test_same_seed_same_weights_other_seed_other_weights():

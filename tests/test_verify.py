@@ -21,9 +21,8 @@ def test_report_match_prints_and_returns_the_verdict(capsys):
 def test_nan_never_matches():
     assert mha.report_match("x", np.array([np.nan]), np.array([1.0])) is False
     assert np.isnan(mha.max_abs_diff(np.array([1.0, np.nan]), np.array([1.0, 2.0])))
-    assert (
-        mha.max_abs_diff(np.array([np.nan]), np.array([np.nan])) == 0.0
-    )  # NaN where the reference has NaN
+    # NaN where the reference has NaN
+    assert mha.max_abs_diff(np.array([np.nan]), np.array([np.nan])) == 0.0
 
 
 def test_max_abs_diff_takes_tensors():
