@@ -23,6 +23,8 @@ The one implementation that every chapter of the book imports:
 - ``mha.exercises``: the check cells of the book's exercises
 """
 
+from types import ModuleType
+
 from . import (
     analysis,
     functional,
@@ -90,7 +92,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> ModuleType:
     # `mha.plot` without importing matplotlib for users who never plot
     if name in ("plot", "exercises"):
         import importlib

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 
-def positive_int(value, name: str) -> int:
+def positive_int(value: object, name: str) -> int:
     """Return ``value`` as an int after checking it is a positive integer."""
     # bool is an int subclass; True heads is a bug, not a size.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -25,7 +26,7 @@ def positive_int(value, name: str) -> int:
     return int(value)
 
 
-def flag(value, name: str) -> bool:
+def flag(value: object, name: str) -> bool:
     """Return ``value`` as a bool after checking it is one (``"False"`` is truthy: refuse it)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(
@@ -34,7 +35,7 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
-def rng_from_seed(seed, name: str = "seed") -> np.random.Generator:
+def rng_from_seed(seed: object, name: str = "seed") -> np.random.Generator:
     """``np.random.default_rng(seed)`` for None, a non-negative int or a Generator."""
     if seed is None or isinstance(seed, np.random.Generator):
         return np.random.default_rng(seed)
@@ -47,7 +48,7 @@ def rng_from_seed(seed, name: str = "seed") -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
-def float_dtype(dtype, name: str = "dtype") -> np.dtype:
+def float_dtype(dtype: DTypeLike, name: str = "dtype") -> np.dtype:
     """Return ``dtype`` as a NumPy float32/float64 dtype."""
     try:
         result = np.dtype(dtype)
@@ -60,7 +61,9 @@ def float_dtype(dtype, name: str = "dtype") -> np.dtype:
     return result
 
 
-def as_float_array(x, name: str, dtype: np.dtype | None = None) -> np.ndarray:
+def as_float_array(
+    x: ArrayLike, name: str, dtype: np.dtype | None = None
+) -> np.ndarray:
     """Return ``x`` as a floating-point array without modifying it.
 
     ``dtype=None`` keeps a float32/float64 input as it is (other floats
@@ -91,7 +94,7 @@ def as_float_array(x, name: str, dtype: np.dtype | None = None) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
-def mask_array(mask, name: str) -> np.ndarray | None:
+def mask_array(mask: ArrayLike | None, name: str) -> np.ndarray | None:
     """Return a bool or float mask as an array; integer masks are refused, as torch does."""
     if mask is None:
         return None
@@ -113,7 +116,9 @@ def shape_is(arr: np.ndarray, expected: tuple, name: str, what: str = "") -> Non
         )
 
 
-def linear_arguments(x, W, b):
+def linear_arguments(
+    x: ArrayLike, W: ArrayLike, b: ArrayLike | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Checks of :func:`mha.functional.linear`: x (..., in), W (in, out), b (out,) or None."""
     x = as_float_array(x, "x")
     W = as_float_array(W, "W", x.dtype)
@@ -131,7 +136,15 @@ def linear_arguments(x, W, b):
     return x, W, b
 
 
-def sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa):
+def sdpa_arguments(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike | None,
+    attn_mask: ArrayLike | None,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Checks of scaled_dot_product_attention's arguments; returns ``query, key, value, attn_mask`` as arrays.
 
     ``value=None`` (for ``attention_weights``) skips the value checks.
@@ -173,9 +186,8 @@ def sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa):
                 f"enable_gqa=True needs query heads ({hq}) to be a multiple of key heads ({hkv}) "
                 f"and value heads ({hv}) equal to key heads"
             )
-        batch = {
-            name: shape[:-1] + (hq,) for name, shape in batch.items()
-        }  # after the heads are repeated
+        # after the heads are repeated
+        batch = {name: shape[:-1] + (hq,) for name, shape in batch.items()}
     try:
         batch_shape = np.broadcast_shapes(*batch.values())
     except ValueError:

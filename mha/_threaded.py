@@ -20,7 +20,7 @@ from . import functional, parallel
 from ._checks import linear_arguments
 
 
-class _ChunkCaches(dict):
+class _ChunkCaches(dict[str, Any]):
     """The cache of a chunked attention forward; ``cache["weights"]`` gathers the chunks' weights.
 
     It reads only the key :func:`mha.functional.attention_forward` documents (``"weights"``).
@@ -41,7 +41,7 @@ class _ChunkCaches(dict):
 class ThreadedBlocks:
     """:mod:`mha.functional`'s projection and attention blocks, their work shared out by ``pmap``."""
 
-    def __init__(self, pmap) -> None:
+    def __init__(self, pmap: parallel.PMap) -> None:
         self.pmap = pmap
 
     def linear(
@@ -55,7 +55,7 @@ class ThreadedBlocks:
 
     def linear_backward(
         self, dout: np.ndarray, x: np.ndarray, W: np.ndarray, has_bias: bool = True
-    ):
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """:func:`mha.functional.linear_backward`: rows of ``dx``, columns of ``dW`` and ``db`` shared out."""
         x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (rows, in)
         dout2 = dout.reshape(-1, dout.shape[-1])  # (..., out) -> (rows, out)
@@ -71,14 +71,14 @@ class ThreadedBlocks:
         v: np.ndarray,
         bias: np.ndarray | None = None,
         scale: float | None = None,
-    ):
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """:func:`mha.functional.attention_forward` on (N, H, ...) inputs, in (sequence, head) chunks."""
         N, H = q.shape[:2]
         # (N, H, L, Ev)
         out = np.empty(q.shape[:3] + v.shape[3:], dtype=np.result_type(q, v))
         chunks = parallel.batch_head_chunks(N, H, 4 * parallel.get_num_threads())
 
-        def one_chunk(idx):
+        def one_chunk(idx: tuple[slice, slice]) -> tuple[tuple[slice, slice], Any]:
             out[idx], cache = functional.attention_forward(
                 q[idx], k[idx], v[idx], _chunk_of(bias, idx), scale
             )
@@ -89,12 +89,14 @@ class ThreadedBlocks:
             chunks=chunk_caches, batch_heads=(N, H), shapes=(q.shape, k.shape, v.shape)
         )
 
-    def attention_backward(self, dout: np.ndarray, cache: dict):
+    def attention_backward(
+        self, dout: np.ndarray, cache: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`mha.functional.attention_backward` of a chunked forward; dout (N, H, L, Ev)."""
         # like q, k, v
         dq, dk, dv = (np.empty(shape, dtype=dout.dtype) for shape in cache["shapes"])
 
-        def one_chunk(item):
+        def one_chunk(item: tuple[tuple[slice, slice], dict[str, Any]]) -> None:
             idx, chunk_cache = item
             dq[idx], dk[idx], dv[idx] = functional.attention_backward(
                 dout[idx], chunk_cache
@@ -104,7 +106,7 @@ class ThreadedBlocks:
         return dq, dk, dv
 
 
-def _chunk_of(mask, idx):
+def _chunk_of(mask: np.ndarray | None, idx: tuple[slice, slice]) -> np.ndarray | None:
     """The part of an additive mask, broadcastable to (N, H, L, S), that chunk ``idx`` = (sequences, heads) sees."""
     if mask is None:
         return None

@@ -9,8 +9,10 @@ in [0, 1] that sum to 1. Torch tensors are accepted as they are.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import positive_int
 from .verify import as_float64
@@ -18,7 +20,7 @@ from .verify import as_float64
 __all__ = ["entropy", "top_k_keys", "sparsity", "compare_patterns"]
 
 
-def entropy(weights, *, normalize: bool = False) -> np.ndarray:
+def entropy(weights: ArrayLike, *, normalize: bool = False) -> np.ndarray:
     """Entropy of each query's distribution, in nats: (..., L, S) -> (..., L).
 
     0 when a query puts all its weight on one key, ln S when it spreads it
@@ -35,7 +37,7 @@ def entropy(weights, *, normalize: bool = False) -> np.ndarray:
     return h
 
 
-def top_k_keys(weights, k: int):
+def top_k_keys(weights: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` keys each query weights most: returns ``(indices, values)``, both (..., L, k).
 
     Sorted by weight, largest first; equal weights keep the lower key first.
@@ -50,7 +52,7 @@ def top_k_keys(weights, k: int):
     return order, np.take_along_axis(w, order, axis=-1)
 
 
-def sparsity(weights, threshold: float = 0.01):
+def sparsity(weights: ArrayLike, threshold: float = 0.01) -> np.ndarray | float:
     """Fraction of weights below ``threshold`` in each map: (..., L, S) -> (...) (a float for (L, S)).
 
     Uniform attention over S keys has sparsity 0 for ``threshold <= 1/S``;
@@ -69,7 +71,7 @@ def sparsity(weights, threshold: float = 0.01):
     return float(frac) if w.ndim == 2 else frac
 
 
-def compare_patterns(a, b) -> dict:
+def compare_patterns(a: ArrayLike, b: ArrayLike) -> dict[str, Any]:
     """How two attention maps of the same shape differ, per head and overall.
 
     Returns ``{"max_abs_diff", "mse", "cosine"}``, each an array (H,) for
@@ -78,13 +80,13 @@ def compare_patterns(a, b) -> dict:
     ``cosine`` is that of the flattened maps: 1 when one is a positive
     multiple of the other.
     """
-    a, b = _weights(a, "a"), _weights(b, "b")
-    if a.shape != b.shape:
+    wa, wb = _weights(a, "a"), _weights(b, "b")
+    if wa.shape != wb.shape:
         raise ValueError(
-            f"a and b must have the same shape, got {a.shape} and {b.shape}"
+            f"a and b must have the same shape, got {wa.shape} and {wb.shape}"
         )
 
-    def stats(x, y):
+    def stats(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         dot = (x * y).sum(-1)
         norms = np.sqrt((x * x).sum(-1)) * np.sqrt((y * y).sum(-1))
         return {
@@ -93,10 +95,10 @@ def compare_patterns(a, b) -> dict:
             "cosine": dot / norms,
         }
 
-    result = stats(_per_head(a), _per_head(b))
+    result = stats(_per_head(wa), _per_head(wb))
     result["overall"] = {
         name: float(v[0])
-        for name, v in stats(a.reshape(1, -1), b.reshape(1, -1)).items()
+        for name, v in stats(wa.reshape(1, -1), wb.reshape(1, -1)).items()
     }
     return result
 
@@ -109,7 +111,7 @@ def _per_head(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -3, 0).reshape(x.shape[-3], -1)
 
 
-def _weights(weights, name: str) -> np.ndarray:
+def _weights(weights: ArrayLike | None, name: str) -> np.ndarray:
     """Check ``weights`` is (L, S), (H, L, S) or (N, H, L, S) of distributions; return it as float64."""
     if weights is None:
         raise TypeError(f"{name} must be an array of attention weights, got None")

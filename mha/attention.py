@@ -9,8 +9,10 @@ torch stores the transpose, (out_features, in_features).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _threaded
 from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed
@@ -39,20 +41,31 @@ class MultiHeadAttention:
     None; ``grads``, a dict filled by :meth:`backward` with the same names.
     """
 
+    W_Q: np.ndarray
+    W_K: np.ndarray
+    W_V: np.ndarray
+    W_O: np.ndarray
+    b_Q: np.ndarray | None
+    b_K: np.ndarray | None
+    b_V: np.ndarray | None
+    b_O: np.ndarray | None
+    bias_k: np.ndarray | None
+    bias_v: np.ndarray | None
+
     def __init__(
         self,
-        d_model,
-        num_heads,
+        d_model: int,
+        num_heads: int,
         *,
-        bias=True,
-        add_bias_kv=False,
-        add_zero_attn=False,
-        kdim=None,
-        vdim=None,
-        batch_first=True,
-        dtype=np.float32,
-        seed=None,
-    ):
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = True,
+        dtype: DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self.d_model = positive_int(d_model, "d_model")
         self.num_heads = positive_int(num_heads, "num_heads")
         if self.d_model % self.num_heads:
@@ -69,7 +82,7 @@ class MultiHeadAttention:
         E, rng = self.d_model, rng_from_seed(seed)
 
         # drawn in torch's (out, in) layout, returned as (in, out)
-        def xavier_uniform(fan_out, fan_in):
+        def xavier_uniform(fan_out: int, fan_in: int) -> np.ndarray:
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             return rng.uniform(-bound, bound, size=(fan_out, fan_in)).T.astype(
                 self.dtype
@@ -89,8 +102,8 @@ class MultiHeadAttention:
             )
         bound = 1.0 / math.sqrt(E)
         self.W_O = rng.uniform(-bound, bound, size=(E, E)).T.astype(self.dtype)
-        zeros = (lambda: np.zeros(E, dtype=self.dtype)) if bias else (lambda: None)
-        self.b_Q, self.b_K, self.b_V, self.b_O = zeros(), zeros(), zeros(), zeros()
+        for name in BIAS_NAMES:
+            setattr(self, name, np.zeros(E, dtype=self.dtype) if bias else None)
         if add_bias_kv:
             std = math.sqrt(1.0 / E)  # xavier_normal_ on torch's (1, 1, E)
             self.bias_k = rng.normal(0.0, std, size=E).astype(self.dtype)
@@ -98,9 +111,9 @@ class MultiHeadAttention:
         else:
             self.bias_k = self.bias_v = None
         self.grads: dict[str, np.ndarray] = {}
-        self._cache = None
+        self._cache: dict[str, Any] | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         extras = "".join(
             f", {k}={v}"
             for k, v in (("kdim", self.kdim), ("vdim", self.vdim))
@@ -120,7 +133,7 @@ class MultiHeadAttention:
             if getattr(self, name) is not None
         }
 
-    def _param(self, name: str, shape: tuple):
+    def _param(self, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """Attribute ``name`` as an array of the module's dtype, its shape checked (users may reassign it)."""
         value = getattr(self, name)
         if value is None:
@@ -132,21 +145,27 @@ class MultiHeadAttention:
             )
         return arr
 
-    def __call__(self, query, key=None, value=None, **kwargs):
+    def __call__(
+        self,
+        query: ArrayLike,
+        key: ArrayLike | None = None,
+        value: ArrayLike | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         return self.forward(query, key, value, **kwargs)
 
     def forward(
         self,
-        query,
-        key=None,
-        value=None,
+        query: ArrayLike,
+        key: ArrayLike | None = None,
+        value: ArrayLike | None = None,
         *,
-        key_padding_mask=None,
-        attn_mask=None,
-        is_causal=False,
-        need_weights=False,
-        average_attn_weights=True,
-    ):
+        key_padding_mask: ArrayLike | None = None,
+        attn_mask: ArrayLike | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Attention of ``query`` over ``key``/``value``; ``m(x)`` is self-attention.
 
         query (N, L, E), key (N, S, kdim), value (N, S, vdim) with
@@ -209,7 +228,9 @@ class MultiHeadAttention:
             return a.to_caller(out), a.to_caller(weights, weights=True)
         return a.to_caller(out)
 
-    def backward(self, grad_output):
+    def backward(
+        self, grad_output: ArrayLike
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Gradients of the last forward for ``grad_output`` (the output's shape).
 
         Returns the input gradient when the forward was ``m(x)`` (key and value
@@ -275,8 +296,14 @@ class MultiHeadAttention:
         return d_inputs
 
     def _forward_arguments(
-        self, query, key, value, key_padding_mask, attn_mask, is_causal
-    ):
+        self,
+        query: ArrayLike,
+        key: ArrayLike | None,
+        value: ArrayLike | None,
+        key_padding_mask: ArrayLike | None,
+        attn_mask: ArrayLike | None,
+        is_causal: bool,
+    ) -> _Arguments:
         """Every check of :meth:`forward`'s arguments; returns them as an :class:`_Arguments`."""
         E, H = self.d_model, self.num_heads
         self_attention = key is None and value is None
@@ -353,7 +380,7 @@ class MultiHeadAttention:
         )
 
         # backward needs the inputs as they are now, even if the caller edits its arrays in between
-        def own(x, arr):
+        def own(x: np.ndarray, arr: np.ndarray) -> np.ndarray:
             return x.copy() if np.may_share_memory(x, arr) else x
 
         a.x_q = own(q3, q_in)
@@ -368,20 +395,33 @@ class MultiHeadAttention:
 class _Arguments:
     """A forward's checked arguments, in the (N, L, features) layout, and the way back to the caller's."""
 
+    self_attention: bool
+    params: tuple[Any, ...]  # W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O, bias_k, bias_v
+    has_bias: bool
+    mask: np.ndarray | None
+    x_q: np.ndarray
+    x_k: np.ndarray
+    x_v: np.ndarray
+    L: int
+    S: int
+    out_shape: tuple[int, ...]
+    dtype: np.dtype
+    work: int
+
     def __init__(self, batched: bool, batch_first: bool) -> None:
         self.batched, self.batch_first = batched, batch_first
 
-    def from_caller(self, x, check: bool = True) -> np.ndarray:
+    def from_caller(self, x: ArrayLike, check: bool = True) -> np.ndarray:
         """Caller's layout -> (N, L, features); with ``check``, x is grad_output and must be shaped like the output."""
-        if check:
-            x = as_float_array(x, "grad_output", self.dtype)
-            if x.shape != self.out_shape:
-                raise ValueError(
-                    f"grad_output must have the output's shape {self.out_shape}, got {x.shape}"
-                )
+        arr = as_float_array(x, "grad_output", self.dtype) if check else np.asarray(x)
+        if check and arr.shape != self.out_shape:
+            raise ValueError(
+                f"grad_output must have the output's shape {self.out_shape}, got {arr.shape}"
+            )
         if not self.batched:
-            return x[None]  # (L, E) -> (1, L, E)
-        return x if self.batch_first else x.transpose(1, 0, 2)  # (L, N, E) -> (N, L, E)
+            return arr[None]  # (L, E) -> (1, L, E)
+        # (L, N, E) -> (N, L, E)
+        return arr if self.batch_first else arr.transpose(1, 0, 2)
 
     def to_caller(self, x: np.ndarray, weights: bool = False) -> np.ndarray:
         """(N, L, features) -> the caller's layout; weights (N, [H,] L, S) only lose the batch axis if unbatched."""
@@ -402,12 +442,12 @@ def _append_key(k: np.ndarray, extra: np.ndarray) -> np.ndarray:
     return np.concatenate([k, np.broadcast_to(extra, (N, H, 1, hd))], axis=2)
 
 
-def _work_size(N, L, S, E, H) -> int:
+def _work_size(N: int, L: int, S: int, E: int, H: int) -> int:
     """Elements a forward or backward touches: the projections (N, L, E) and the scores (N, H, L, S)."""
     return N * L * (E + H * S)
 
 
-def _cat_bias(*biases):
+def _cat_bias(*biases: np.ndarray | None) -> np.ndarray | None:
     """Concatenated biases; a missing one counts as zeros, all missing gives None."""
     if all(b is None for b in biases):
         return None

@@ -18,7 +18,7 @@ from .sequential import SequentialMHA
 __all__ = ["sequential_to_fused", "fused_to_sequential"]
 
 
-def sequential_to_fused(seq) -> MultiHeadAttention:
+def sequential_to_fused(seq: SequentialMHA) -> MultiHeadAttention:
     """A new ``MultiHeadAttention`` (batch_first) computing what ``seq`` computes."""
     if not isinstance(seq, SequentialMHA):
         raise TypeError(f"seq must be an mha.SequentialMHA, got {type(seq).__name__}")
@@ -43,7 +43,7 @@ def sequential_to_fused(seq) -> MultiHeadAttention:
     return fused
 
 
-def fused_to_sequential(m) -> SequentialMHA:
+def fused_to_sequential(m: MultiHeadAttention) -> SequentialMHA:
     """A new ``SequentialMHA`` computing what ``m`` computes.
 
     Only the options a per-head model has: no ``kdim``/``vdim``,
@@ -67,12 +67,11 @@ def fused_to_sequential(m) -> SequentialMHA:
         W, b = getattr(m, "W_" + tag), getattr(m, "b_" + tag)
         for h, head in enumerate(seq.heads):
             lin = getattr(head, proj)
-            lin.w[...] = W[
-                :, h * hd : (h + 1) * hd
-            ].T  # (C, hd) columns -> (hd, C) rows
+            # (C, hd) columns -> (hd, C) rows
+            lin.w[...] = W[:, h * hd : (h + 1) * hd].T
             if has_bias:
                 lin.b[...] = 0 if b is None else b[h * hd : (h + 1) * hd]
     seq.out_proj.w[...] = np.asarray(m.W_O).T  # (in, out) -> (out, in)
-    if has_bias:
+    if seq.out_proj.b is not None:
         seq.out_proj.b[...] = 0 if m.b_O is None else m.b_O
     return seq

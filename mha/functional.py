@@ -14,8 +14,10 @@ transpose.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import as_float_array, linear_arguments, positive_int, sdpa_arguments
 
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-def linear(x, W, b=None) -> np.ndarray:
+def linear(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None) -> np.ndarray:
     """``x @ W + b``: x (..., in), W (in, out), b (out,) or None -> (..., out).
 
     ``W`` is the transpose of torch's ``nn.Linear.weight`` (out, in).
@@ -47,7 +49,9 @@ def linear(x, W, b=None) -> np.ndarray:
     return out.reshape(*x.shape[:-1], W.shape[1])  # (rows, out) -> (..., out)
 
 
-def linear_backward(dout, x, W, has_bias: bool = True):
+def linear_backward(
+    dout: np.ndarray, x: np.ndarray, W: np.ndarray, has_bias: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`linear`: returns ``(dx, dW, db)`` (``db`` is None without a bias).
 
     dout (..., out), x (..., in), W (in, out) -> dx (..., in), dW (in, out), db (out,).
@@ -60,7 +64,7 @@ def linear_backward(dout, x, W, has_bias: bool = True):
     return dx.reshape(x.shape), dW, db  # (rows, in) -> (..., in)
 
 
-def split_heads(x, H: int) -> np.ndarray:
+def split_heads(x: ArrayLike, H: int) -> np.ndarray:
     """Cut the last axis into ``H`` heads: (..., L, E) -> (..., H, L, E // H).
 
     (N, L, E) gives (N, H, L, hd) and (L, E) gives (H, L, hd). Head ``h``
@@ -80,7 +84,7 @@ def split_heads(x, H: int) -> np.ndarray:
     return np.swapaxes(x, -3, -2)  # (..., L, H, hd) -> (..., H, L, hd)
 
 
-def merge_heads(x) -> np.ndarray:
+def merge_heads(x: ArrayLike) -> np.ndarray:
     """Inverse of :func:`split_heads`: (..., H, L, hd) -> (..., L, H * hd)."""
     x = as_float_array(x, "x")
     if x.ndim < 3:
@@ -90,7 +94,7 @@ def merge_heads(x) -> np.ndarray:
     return x.reshape(*x.shape[:-2], H * hd)  # (..., L, H, hd) -> (..., L, E), copies
 
 
-def softmax(x, axis: int = -1) -> np.ndarray:
+def softmax(x: ArrayLike, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax of ``x`` along ``axis``; returns a new array.
 
     The row maximum is subtracted before ``exp`` so large logits cannot
@@ -159,7 +163,7 @@ def attention_forward(
     v: np.ndarray,
     bias: np.ndarray | None = None,
     scale: float | None = None,
-):
+) -> tuple[np.ndarray, dict[str, Any]]:
     """softmax(q k^T * scale + bias) v, with a cache for :func:`attention_backward`.
 
     q: (..., L, E), k: (..., S, E), v: (..., S, Ev); ``bias``: additive float
@@ -180,7 +184,9 @@ def attention_forward(
     return out, cache
 
 
-def attention_backward(dout: np.ndarray, cache: dict):
+def attention_backward(
+    dout: np.ndarray, cache: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`attention_forward`: returns ``(dq, dk, dv)``.
 
     dout: (..., L, Ev). dq, dk, dv have the shapes of q, k, v (summed over
@@ -217,10 +223,10 @@ def _unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def scaled_dot_product_attention(
-    query,
-    key,
-    value,
-    attn_mask=None,
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    attn_mask: ArrayLike | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
@@ -238,27 +244,24 @@ def scaled_dot_product_attention(
     (its math route uses a "safe" softmax); plain ``torch.softmax`` gives NaN.
     :func:`attention_weights` returns the weights this uses.
     """
-    query, key, value, attn_mask = sdpa_arguments(
+    q, k, v, mask = sdpa_arguments(
         query, key, value, attn_mask, is_causal, scale, enable_gqa
     )
+    assert v is not None  # given a value, sdpa_arguments returns it
     if enable_gqa:
-        key, value = (
-            _repeat_kv_heads(key, query.shape[-3]),
-            _repeat_kv_heads(value, query.shape[-3]),
-        )
+        k, v = _repeat_kv_heads(k, q.shape[-3]), _repeat_kv_heads(v, q.shape[-3])
     bias = _additive_bias(
-        causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask,
-        query.dtype,
+        causal_mask(q.shape[-2], k.shape[-2]) if is_causal else mask, q.dtype
     )
-    out, _ = attention_forward(query, key, value, bias, scale)
+    out, _ = attention_forward(q, k, v, bias, scale)
     return out
 
 
 def attention_weights(
-    query,
-    key,
+    query: ArrayLike,
+    key: ArrayLike,
     *,
-    attn_mask=None,
+    attn_mask: ArrayLike | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
@@ -268,31 +271,30 @@ def attention_weights(
     Same arguments and rules; ``attention_weights(q, k) @ v`` is the SDPA output.
     Each row is a distribution over the keys (a fully masked row is zeros).
     """
-    query, key, _, attn_mask = sdpa_arguments(
+    q, k, _, mask = sdpa_arguments(
         query, key, None, attn_mask, is_causal, scale, enable_gqa
     )
     if enable_gqa:
-        key = _repeat_kv_heads(key, query.shape[-3])
+        k = _repeat_kv_heads(k, q.shape[-3])
     bias = _additive_bias(
-        causal_mask(query.shape[-2], key.shape[-2]) if is_causal else attn_mask,
-        query.dtype,
+        causal_mask(q.shape[-2], k.shape[-2]) if is_causal else mask, q.dtype
     )
     if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
-    scores = (query * query.dtype.type(scale)) @ np.swapaxes(key, -1, -2)  # (..., L, S)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q * q.dtype.type(scale)) @ np.swapaxes(k, -1, -2)  # (..., L, S)
     if bias is not None:
         scores += bias
     return _softmax_inplace(scores)
 
 
-def _additive_bias(attn_mask, dtype):
+def _additive_bias(attn_mask: np.ndarray | None, dtype: np.dtype) -> np.ndarray | None:
     """SDPA's mask as a float to add to the scores: bool True (takes part) -> 0, False -> -inf."""
     if attn_mask is None or attn_mask.dtype != np.bool_:
         return None if attn_mask is None else attn_mask.astype(dtype, copy=False)
     return np.where(attn_mask, dtype.type(0), dtype.type(-np.inf))
 
 
-def _repeat_kv_heads(x, Hq: int):
+def _repeat_kv_heads(x: np.ndarray, Hq: int) -> np.ndarray:
     """Repeat each of the ``Hkv`` heads on axis -3 ``Hq // Hkv`` times (torch's repeat_interleave)."""
     # (..., Hkv, S, E) -> (..., Hq, S, E)
     return np.repeat(x, Hq // x.shape[-3], axis=-3)

@@ -15,8 +15,10 @@ of its class but ``q = (1 - eps) * onehot + eps / C``; the loss of one row is
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import as_float_array
 
@@ -32,13 +34,13 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def cross_entropy(
-    logits,
-    targets,
+    logits: ArrayLike,
+    targets: ArrayLike,
     *,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
-):
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Cross-entropy of ``logits`` (..., C) against class indices ``targets`` (...).
 
     Rows whose target equals ``ignore_index`` take no part: their loss is 0
@@ -81,7 +83,7 @@ def cross_entropy(
     return loss, cache
 
 
-def cross_entropy_backward(dloss, cache: dict) -> np.ndarray:
+def cross_entropy_backward(dloss: ArrayLike, cache: dict[str, Any]) -> np.ndarray:
     """Gradient of :func:`cross_entropy` with respect to the logits: ``(p - q) * weight``.
 
     ``dloss`` is the upstream gradient: a scalar for ``'mean'``/``'sum'``
@@ -108,7 +110,13 @@ def cross_entropy_backward(dloss, cache: dict) -> np.ndarray:
     return dlogits * weight[..., None]
 
 
-def _check_inputs(logits, targets, ignore_index, label_smoothing, reduction):
+def _check_inputs(
+    logits: ArrayLike,
+    targets: ArrayLike | None,
+    ignore_index: object,
+    label_smoothing: object,
+    reduction: str,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The arguments checked and converted: ``(logits, targets, label_smoothing)``."""
     z = as_float_array(logits, "logits")
     if z.ndim < 1 or z.shape[-1] == 0:
@@ -145,7 +153,7 @@ def _check_inputs(logits, targets, ignore_index, label_smoothing, reduction):
         raise TypeError(
             f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}"
         )
-    if not 0.0 <= label_smoothing <= 1.0:
+    if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

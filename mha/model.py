@@ -18,8 +18,10 @@ builds the torch twin holding the same values.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._checks import float_dtype, positive_int, rng_from_seed
 from .attention import MultiHeadAttention
@@ -30,6 +32,7 @@ from .positional import (
     rope_frequencies,
     sinusoidal_encoding,
 )
+from .verify import as_float64
 
 __all__ = ["TinyTransformer", "POSITIONAL"]
 
@@ -56,9 +59,9 @@ class TinyTransformer:
         num_layers: int = 1,
         positional: str = "sinusoidal",
         residual: bool = False,
-        dtype=np.float64,
-        seed=0,
-    ):
+        dtype: DTypeLike = np.float64,
+        seed: int | np.random.Generator | None = 0,
+    ) -> None:
         self.vocab_size = positive_int(vocab_size, "vocab_size")
         self.seq_len = positive_int(seq_len, "seq_len")
         self.d_model, self.num_heads = (
@@ -81,15 +84,13 @@ class TinyTransformer:
         rng = rng_from_seed(seed)
         # like nn.Embedding: N(0, 1)
         self.embedding = rng.standard_normal((V, E)).astype(self.dtype)
-        self.position = None
+        self.position: np.ndarray | None = None
+        self.encoding: np.ndarray | None = None
         if positional == "sinusoidal":
             # fixed, not trained
             self.encoding = np.asarray(sinusoidal_encoding(L, E), dtype=self.dtype)
         elif positional == "learned":
-            self.encoding = None
             self.position = (0.5 * rng.standard_normal((L, E))).astype(self.dtype)
-        else:
-            self.encoding = None
         self.layers = [
             MultiHeadAttention(E, self.num_heads, dtype=self.dtype, seed=rng)
             for _ in range(num_layers)
@@ -98,12 +99,12 @@ class TinyTransformer:
         # drawn (out, in), kept (in, out)
         self.W_out = rng.uniform(-bound, bound, (V, E)).T.astype(self.dtype)
         self.b_out = rng.uniform(-bound, bound, V).astype(self.dtype)
-        self.rope = None
+        self.rope: tuple[np.ndarray, np.ndarray] | None = None
         if positional == "rope":  # the (cos, sin) tables, (L, hd) each
             self.rope = rope_frequencies(E // self.num_heads, L, dtype=self.dtype)
-        self._cache = None
+        self._cache: dict[str, Any] | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"TinyTransformer(vocab_size={self.vocab_size}, seq_len={self.seq_len}, d_model={self.d_model}, "
             f"num_heads={self.num_heads}, num_layers={self.num_layers}, positional={self.positional!r}, "
@@ -122,7 +123,9 @@ class TinyTransformer:
 
     # ------------------------------------------------------------------ forward and backward
 
-    def forward(self, tokens, *, need_weights: bool = False):
+    def forward(
+        self, tokens: ArrayLike, *, need_weights: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
         """Logits (N, L, V) for tokens (N, L) of ints in [0, V); with ``need_weights``
         also the attention weights of every layer, a list of (N, H, L, L)."""
         x = self._check_tokens(tokens)
@@ -131,7 +134,8 @@ class TinyTransformer:
             h = h + self.encoding
         elif self.position is not None:
             h = h + self.position
-        caches, weights = [], []
+        caches: list[dict[str, Any] | None] = []
+        weights: list[Any] = []
         for layer in self.layers:
             if self.positional == "rope":
                 a, cache = self._rope_attention(layer, h)
@@ -140,7 +144,7 @@ class TinyTransformer:
                 a, w = layer(h, need_weights=True, average_attn_weights=False)
                 cache = None  # each layer keeps its own cache
             else:
-                a, w, cache = layer(h), None, None
+                a, w, cache = cast(np.ndarray, layer(h)), None, None  # m(x): one array
             caches.append(cache)
             weights.append(w)
             h = h + a if self.residual else a
@@ -150,7 +154,7 @@ class TinyTransformer:
 
     __call__ = forward
 
-    def backward(self, dlogits) -> dict[str, np.ndarray]:
+    def backward(self, dlogits: ArrayLike) -> dict[str, np.ndarray]:
         """Gradients of the last forward for ``dlogits`` (N, L, V): ``{name: gradient}`` like ``parameters()``."""
         c = self._cache
         if c is None:
@@ -163,9 +167,9 @@ class TinyTransformer:
             raise ValueError(
                 f"dlogits must have the logits' shape {(N, L, self.vocab_size)}, got {d.shape}"
             )
+        h2 = c["h"].reshape(N * L, -1)  # (N, L, E) -> (N*L, E)
         grads = {
-            "readout.W": c["h"].reshape(N * L, -1).T
-            @ d.reshape(N * L, -1),  # (E, N*L) @ (N*L, V)
+            "readout.W": h2.T @ d.reshape(N * L, -1),  # (E, N*L) @ (N*L, V) -> (E, V)
             "readout.b": d.sum(axis=(0, 1)),
         }
         dh = d @ self.W_out.T  # (N, L, V) @ (V, E) -> (N, L, E)
@@ -176,7 +180,7 @@ class TinyTransformer:
                     layer, dh, c["layer_caches"][i]
                 )
             else:
-                dx = layer.backward(dh)
+                dx = cast(np.ndarray, layer.backward(dh))  # after m(x): one gradient
                 layer_grads = layer.grads
             grads.update({f"layers.{i}.{n}": layer_grads[n] for n in LAYER_PARAMS})
             dh = dx + dh if self.residual else dx
@@ -188,7 +192,7 @@ class TinyTransformer:
         grads["embedding"] = d_embedding
         return {name: grads[name] for name in self.parameters()}
 
-    def _check_tokens(self, tokens) -> np.ndarray:
+    def _check_tokens(self, tokens: ArrayLike) -> np.ndarray:
         x = np.asarray(tokens)
         if not np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
             raise TypeError(
@@ -205,13 +209,16 @@ class TinyTransformer:
 
     # ------------------------------------------------------------------ RoPE inside a layer
 
-    def _rope_attention(self, layer, h):
+    def _rope_attention(
+        self, layer: MultiHeadAttention, h: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """``layer``'s attention with queries and keys rotated by position: ``(out, cache)``."""
         N, L, E = h.shape
         H, hd = layer.num_heads, layer.head_dim
         x2 = h.reshape(N * L, E)  # (N, L, E) -> (N*L, E)
 
-        def heads(W, b):  # (N*L, E) -> (N, L, H, hd) -> (N, H, L, hd)
+        # (N*L, E) -> (N, L, H, hd) -> (N, H, L, hd)
+        def heads(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
             return (x2 @ W + b).reshape(N, L, H, hd).transpose(0, 2, 1, 3)
 
         q, k, v = (
@@ -227,7 +234,9 @@ class TinyTransformer:
         a = (concat @ layer.W_O + layer.b_O).reshape(N, L, E)
         return a, dict(x2=x2, attn=attn, concat=concat, shape=(N, L, E))
 
-    def _rope_attention_backward(self, layer, dout, cache):
+    def _rope_attention_backward(
+        self, layer: MultiHeadAttention, dout: np.ndarray, cache: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Gradients of :meth:`_rope_attention`: ``(d_input, {name: gradient})``."""
         N, L, E = cache["shape"]
         H, hd = layer.num_heads, layer.head_dim
@@ -250,7 +259,7 @@ class TinyTransformer:
 
     # ------------------------------------------------------------------ the torch twin
 
-    def to_torch(self):
+    def to_torch(self) -> Any:  # a torch.nn.Module
         """A new ``torch.nn.Module`` with copies of this model's parameters, computing the same logits.
 
         Its parts: ``embedding`` and (learned) ``position`` as ``nn.Parameter``,
@@ -261,17 +270,17 @@ class TinyTransformer:
         return _twin_class()(self)
 
 
-def from_torch(twin, *, grads: bool = False) -> dict[str, np.ndarray]:
+def from_torch(twin: Any, *, grads: bool = False) -> dict[str, np.ndarray]:
     """The twin's parameters (or with ``grads=True`` their ``.grad``) in :class:`TinyTransformer`'s
     names and (in, out) layout, as float64 arrays: compare them one to one with ``parameters()``."""
 
-    def arr(p):
+    def arr(p: Any) -> np.ndarray:
         t = p.grad if grads else p
         if t is None:
             raise RuntimeError(
                 "from_torch(grads=True) needs gradients: call backward() on the twin first"
             )
-        return t.detach().cpu().numpy().astype(np.float64)
+        return as_float64(t)
 
     out = {"embedding": arr(twin.embedding)}
     if twin.position is not None:
@@ -281,9 +290,8 @@ def from_torch(twin, *, grads: bool = False) -> dict[str, np.ndarray]:
         # (3E, E), (3E,): Q, K, V stacked
         w, b = (arr(layer.in_proj_weight), arr(layer.in_proj_bias))
         for j, tag in enumerate("QKV"):
-            out[f"layers.{i}.W_{tag}"] = w[
-                j * E : (j + 1) * E
-            ].T  # torch's (out, in) -> (in, out)
+            # torch's (out, in) -> (in, out)
+            out[f"layers.{i}.W_{tag}"] = w[j * E : (j + 1) * E].T
             out[f"layers.{i}.b_{tag}"] = b[j * E : (j + 1) * E]
         out[f"layers.{i}.W_O"], out[f"layers.{i}.b_O"] = (
             arr(layer.out_proj.weight).T,
@@ -301,10 +309,10 @@ def from_torch(twin, *, grads: bool = False) -> dict[str, np.ndarray]:
     }
 
 
-_TWIN = None
+_TWIN: Any = None
 
 
-def _twin_class():
+def _twin_class() -> Any:
     """The torch twin's class, defined on first use so that ``mha`` imports without torch."""
     global _TWIN
     if _TWIN is not None:
@@ -317,7 +325,7 @@ def _twin_class():
     class TinyTransformerTorch(torch.nn.Module):
         """:class:`TinyTransformer` in torch, autograd doing the backward."""
 
-        def __init__(self, model: TinyTransformer):
+        def __init__(self, model: TinyTransformer) -> None:
             super().__init__()
             dt = torch.float64 if model.dtype == np.float64 else torch.float32
             self.positional, self.residual = model.positional, model.residual
@@ -339,11 +347,11 @@ def _twin_class():
                 # (in, out) -> torch's (out, in)
                 self.readout.weight.copy_(torch.tensor(model.W_out.T))
                 self.readout.bias.copy_(torch.tensor(model.b_out))
-            if self.positional == "rope":
+            if model.rope is not None:
                 self.register_buffer("rope_cos", torch.tensor(model.rope[0]))
                 self.register_buffer("rope_sin", torch.tensor(model.rope[1]))
 
-        def forward(self, tokens):
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
             h = self.embedding[tokens]  # (N, L) -> (N, L, E)
             if self.encoding is not None:
                 h = h + self.encoding
@@ -357,12 +365,14 @@ def _twin_class():
                 h = h + a if self.residual else a
             return self.readout(h)
 
-        def _rotate(self, t):  # RoPE, "rotate half": (N, H, L, hd)
+        def _rotate(
+            self, t: torch.Tensor
+        ) -> torch.Tensor:  # RoPE, "rotate half": (N, H, L, hd)
             half = t.shape[-1] // 2
             rotated = torch.cat([-t[..., half:], t[..., :half]], dim=-1)
             return t * self.rope_cos + rotated * self.rope_sin
 
-        def _rope_attention(self, layer, h):
+        def _rope_attention(self, layer: Any, h: torch.Tensor) -> torch.Tensor:
             N, L, E = h.shape
             H = layer.num_heads
             qkv = F.linear(h, layer.in_proj_weight, layer.in_proj_bias)  # (N, L, 3E)

@@ -34,12 +34,12 @@ class Adam:
 
     def __init__(
         self,
-        params: dict,
+        params: dict[str, np.ndarray],
         lr: float = 1e-3,
-        betas: tuple = (0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-    ):
+    ) -> None:
         self.params = _check_params(params)
         self.lr = _non_negative(lr, "lr")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -48,7 +48,7 @@ class Adam:
             if (
                 isinstance(beta, bool)
                 or not isinstance(beta, numbers.Real)
-                or not 0.0 <= beta < 1.0
+                or not 0.0 <= float(beta) < 1.0
             ):
                 raise ValueError(f"betas[{i}] must be a number in [0, 1), got {beta!r}")
         self.betas = (float(betas[0]), float(betas[1]))
@@ -60,13 +60,13 @@ class Adam:
             for name, p in self.params.items()
         }
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"Adam({len(self.params)} parameters, lr={self.lr}, betas={self.betas}, eps={self.eps}, "
             f"weight_decay={self.weight_decay}, t={self.t})"
         )
 
-    def step(self, grads: dict) -> None:
+    def step(self, grads: dict[str, np.ndarray]) -> None:
         """One Adam update of every parameter with its gradient in ``grads``."""
         grads = self._check_grads(grads)
         self.t += 1
@@ -85,7 +85,7 @@ class Adam:
             )
             p -= p.dtype.type(step_size) * (m / denom)
 
-    def _check_grads(self, grads) -> dict:
+    def _check_grads(self, grads: object) -> dict[str, np.ndarray]:
         if not isinstance(grads, dict):
             raise TypeError(
                 f"grads must be a dict {{name: gradient}}, got {type(grads).__name__}"
@@ -111,7 +111,7 @@ class Adam:
         return checked
 
 
-def _check_params(params) -> dict:
+def _check_params(params: object) -> dict[str, np.ndarray]:
     if not isinstance(params, dict) or not params:
         raise TypeError(
             f"params must be a non-empty dict {{name: array}}, got {type(params).__name__}"
@@ -131,11 +131,11 @@ def _check_params(params) -> dict:
     return dict(params)
 
 
-def _non_negative(value, name: str) -> float:
+def _non_negative(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"{name} must be a non-negative number, got {value!r} ({type(value).__name__})"
         )
-    if not (value >= 0.0 and math.isfinite(value)):
+    if not (float(value) >= 0.0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a non-negative finite number, got {value}")
     return float(value)

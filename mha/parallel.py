@@ -20,11 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from . import functional
+
+# What threads() yields: map(fn, items) -> list run in the pool, or None for serial.
+PMap = Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]] | None
 
 __all__ = [
     "get_num_threads",
@@ -48,7 +53,7 @@ _num_threads = max(
     ),
 )
 _pool: ThreadPoolExecutor | None = None
-_blas = None  # threadpoolctl's controller, made on first use; False when it is not available
+_blas: Any = None  # threadpoolctl's controller, made on first use; False when it is not available
 _busy = threading.Lock()
 
 
@@ -85,7 +90,7 @@ MIN_PARALLEL_SIZE = 1 << 16
 
 
 @contextlib.contextmanager
-def threads(size: int):
+def threads(size: int) -> Iterator[PMap]:
     """Context of one forward or backward: yields a ``map(fn, items)`` that runs in the pool, or None.
 
     ``size`` is the number of elements the work touches (for attention, ``N * L * (E + H * S)``).
@@ -130,7 +135,7 @@ def batch_head_chunks(N: int, H: int, parts: int) -> list[tuple[slice, slice]]:
     return [(slice(n, n + 1), h) for n in range(N) for h in split(H, -(-parts // N))]
 
 
-def _in_pieces(pmap, fn, n: int) -> None:
+def _in_pieces(pmap: PMap, fn: Callable[[slice], Any], n: int) -> None:
     """``fn(s)`` for slices ``s`` covering ``range(n)``: one slice serially, one per thread in the pool."""
     if pmap is None:
         fn(slice(None))
@@ -139,12 +144,12 @@ def _in_pieces(pmap, fn, n: int) -> None:
 
 
 def matmul_rows(
-    pmap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
+    pmap: PMap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
 ) -> np.ndarray:
     """``a @ b + bias`` for a (R, K), b (K, C), bias (C,) or None, the rows of ``a`` shared out."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
 
-    def rows(s):
+    def rows(s: slice) -> None:
         np.matmul(a[s], b, out=out[s])
         if bias is not None:
             out[s] += bias
@@ -153,19 +158,19 @@ def matmul_rows(
     return out
 
 
-def matmul_cols(pmap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul_cols(pmap: PMap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for a (R, K), b (K, C), the columns of ``b`` shared out (for weight gradients ``x.T @ d``)."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     _in_pieces(pmap, lambda s: np.matmul(a, b[:, s], out=out[:, s]), b.shape[1])
     return out
 
 
-def run(pmap, fn, items) -> list:
+def run(pmap: PMap, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     """``[fn(item) for item in items]``, in the thread pool when there is one."""
     return [fn(item) for item in items] if pmap is None else pmap(fn, list(items))
 
 
-def sum_rows(pmap, d):
+def sum_rows(pmap: PMap, d: np.ndarray) -> np.ndarray:
     """:func:`mha.functional.sum_rows` of d (R, C), the columns shared out (each column's sum is the same either way)."""
     out = np.empty(d.shape[1], dtype=d.dtype)
     _in_pieces(

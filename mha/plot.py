@@ -9,10 +9,14 @@ every input here). No global matplotlib state (``rcParams``, styles) is changed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
 
 from .verify import abs_diff, as_float64
 
@@ -20,19 +24,29 @@ _AUTO_ANNOTATE_MAX_CELLS = 100
 _DIFF_LABEL = "|actual \u2212 expected|"
 
 
-def _tick_labels(labels, n: int, name: str, axis: str) -> list[str]:
+def _tick_labels(labels: Sequence[object], n: int, name: str, axis: str) -> list[str]:
     """Validate one list of tick labels against the axis length ``n``."""
     if isinstance(labels, str):
         raise TypeError(f"{name} must be a sequence of labels, got a single str")
-    labels = [str(label) for label in labels]
-    if len(labels) != n:
+    text = [str(label) for label in labels]
+    if len(text) != n:
         raise ValueError(
-            f"{name} must have one label per {axis} position ({n}), got {len(labels)}"
+            f"{name} must have one label per {axis} position ({n}), got {len(text)}"
         )
-    return labels
+    return text
 
 
-def _draw_one_map(ax, w, qlabels, klabels, *, cmap, norm, annotate, title):
+def _draw_one_map(
+    ax: Any,
+    w: np.ndarray,
+    qlabels: list[str] | None,
+    klabels: list[str] | None,
+    *,
+    cmap: Any,
+    norm: Normalize,
+    annotate: bool,
+    title: str,
+) -> Any:
     """Draw one (L, S) map into ``ax`` and return the AxesImage."""
     image = ax.imshow(w, cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_title(title)
@@ -59,17 +73,17 @@ def _draw_one_map(ax, w, qlabels, klabels, *, cmap, norm, annotate, title):
 
 
 def attention_map(
-    weights,
-    query_labels=None,
-    key_labels=None,
+    weights: ArrayLike,
+    query_labels: Sequence[object] | None = None,
+    key_labels: Sequence[object] | None = None,
     *,
-    ax=None,
-    title="Attention weights",
-    cmap="viridis",
-    annotate=None,
-    vmin=0.0,
-    vmax=None,
-):
+    ax: Any = None,
+    title: str = "Attention weights",
+    cmap: Any = "viridis",
+    annotate: bool | None = None,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+) -> tuple[Any, Any]:
     """Draw attention weights as an image with a colour bar.
 
     ``weights`` has shape (L, S): row ``i`` holds the weights query ``i`` puts
@@ -173,7 +187,7 @@ def attention_map(
     return fig, axes
 
 
-def _abs_diff(actual, expected) -> np.ndarray:
+def _abs_diff(actual: ArrayLike, expected: ArrayLike) -> np.ndarray:
     """|actual - expected| in float64 (:func:`mha.verify.abs_diff`); the inputs must not be empty."""
     diff = abs_diff(actual, expected)
     if diff.size == 0:
@@ -183,7 +197,7 @@ def _abs_diff(actual, expected) -> np.ndarray:
     return diff
 
 
-def _input_eps(actual, expected) -> float:
+def _input_eps(actual: ArrayLike, expected: ArrayLike) -> float:
     """Machine epsilon of the inputs' floating dtype (float64 for integers)."""
     arrays = (
         np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
@@ -193,7 +207,7 @@ def _input_eps(actual, expected) -> float:
     return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
 
 
-def _check_limit(name: str, value, *, positive: bool) -> None:
+def _check_limit(name: str, value: object, *, positive: bool) -> None:
     """``tol``, ``vmin``, ``vmax``: None, or a finite number (above zero where a log scale needs it)."""
     if value is None:
         return
@@ -205,7 +219,7 @@ def _check_limit(name: str, value, *, positive: bool) -> None:
         )
 
 
-def _heatmap_diff(actual, expected) -> tuple[np.ndarray, bool]:
+def _heatmap_diff(actual: ArrayLike, expected: ArrayLike) -> tuple[np.ndarray, bool]:
     """|actual - expected| as the 2-D array a heatmap draws, and whether leading axes were reduced (max)."""
     diff = _abs_diff(actual, expected)
     if diff.ndim == 1:
@@ -215,7 +229,9 @@ def _heatmap_diff(actual, expected) -> tuple[np.ndarray, bool]:
     return diff, False
 
 
-def _colour_range(diffs, eps: float, *, log: bool, tol) -> tuple[float, float]:
+def _colour_range(
+    diffs: list[np.ndarray], eps: float, *, log: bool, tol: float | None
+) -> tuple[float, float]:
     """(vmin, vmax) that shows every difference in ``diffs`` and keeps the ``tol`` marker on the bar."""
     finite = np.concatenate([d[np.isfinite(d)].ravel() for d in diffs])
     if log:
@@ -229,7 +245,9 @@ def _colour_range(diffs, eps: float, *, log: bool, tol) -> tuple[float, float]:
     return 0.0, high if tol is None else max(high, tol * 1.05)
 
 
-def error_range(*pairs, log=True, tol=None) -> dict:
+def error_range(
+    *pairs: tuple[ArrayLike, ArrayLike], log: bool = True, tol: float | None = None
+) -> dict[str, float]:
     """One colour range for several error heatmaps: ``{"vmin": .., "vmax": ..}``.
 
     ``pairs`` are the ``(actual, expected)`` pairs of the panels; pass the result
@@ -245,19 +263,19 @@ def error_range(*pairs, log=True, tol=None) -> dict:
 
 
 def error_heatmap(
-    actual,
-    expected,
+    actual: ArrayLike,
+    expected: ArrayLike,
     *,
-    ax=None,
-    title=None,
-    xlabel="feature",
-    ylabel="token",
-    log=True,
-    cmap="magma",
-    tol=None,
-    vmin=None,
-    vmax=None,
-):
+    ax: Any = None,
+    title: str | None = None,
+    xlabel: str = "feature",
+    ylabel: str = "token",
+    log: bool = True,
+    cmap: Any = "magma",
+    tol: float | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> tuple[Any, Any]:
     """Draw ``|actual - expected|`` element-wise, computed in float64.
 
     Both inputs have the same shape. 1-D input of shape (N,) is drawn as one
@@ -290,7 +308,7 @@ def error_heatmap(
             high = low * 10
         # exact zeros take the bottom colour of the bar
         shown = np.where(diff == 0, low, diff)
-        norm = LogNorm(vmin=low, vmax=high)
+        norm: Normalize = LogNorm(vmin=low, vmax=high)
     else:
         shown = diff
         norm = Normalize(vmin=low, vmax=high if high > low else low + 1.0)
@@ -320,7 +338,14 @@ def error_heatmap(
     return fig, ax
 
 
-def error_histogram(actual, expected, *, ax=None, bins=50, title=None):
+def error_histogram(
+    actual: ArrayLike,
+    expected: ArrayLike,
+    *,
+    ax: Any = None,
+    bins: int = 50,
+    title: str | None = None,
+) -> tuple[Any, Any]:
     """Histogram of ``log10 |actual - expected|`` over all elements.
 
     Inputs have the same (any) shape. Exact zeros have no logarithm; they are
@@ -349,7 +374,7 @@ def error_histogram(actual, expected, *, ax=None, bins=50, title=None):
     return fig, ax
 
 
-def glue(name: str, fig) -> None:
+def glue(name: str, fig: Any) -> None:
     """Show ``fig`` below the cell and, during a Jupyter Book build, keep it under ``name``.
 
     Another page can then show the same figure with
@@ -358,7 +383,7 @@ def glue(name: str, fig) -> None:
     The figure is closed afterwards so that it is not shown twice.
     """
     try:
-        from myst_nb import glue as myst_glue
+        from myst_nb import glue as myst_glue  # type: ignore[import-untyped]
     except ImportError:
         from IPython.display import display
 

@@ -31,6 +31,7 @@ import math
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._checks import as_float_array, float_dtype, positive_int
 
@@ -44,7 +45,11 @@ __all__ = [
 
 
 def sinusoidal_encoding(
-    num_positions: int, d_model: int, *, base: float = 10000.0, dtype=np.float64
+    num_positions: int,
+    d_model: int,
+    *,
+    base: float = 10000.0,
+    dtype: DTypeLike = np.float64,
 ) -> np.ndarray:
     """The sinusoidal positional encoding ``PE`` of shape (num_positions, d_model).
 
@@ -65,7 +70,11 @@ def sinusoidal_encoding(
 
 
 def rope_frequencies(
-    head_dim: int, max_positions: int, base: float = 10000.0, *, dtype=np.float64
+    head_dim: int,
+    max_positions: int,
+    base: float = 10000.0,
+    *,
+    dtype: DTypeLike = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The RoPE tables ``(cos, sin)``, each of shape (max_positions, head_dim).
 
@@ -84,21 +93,25 @@ def rope_frequencies(
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
-def rotate_half(x: np.ndarray) -> np.ndarray:
+def rotate_half(x: ArrayLike) -> np.ndarray:
     """``[x1, x2] -> [-x2, x1]`` on the last axis, split in two halves: (..., D) -> (..., D).
 
     Feature ``i`` and feature ``i + D/2`` form one pair, seen as the point
     ``(x_i, x_(i+D/2))``; this is that point turned by +90 degrees.
     """
-    x = as_float_array(x, "x")
-    if x.ndim < 1 or x.shape[-1] % 2:
-        raise ValueError(f"x must have an even last dimension, got shape {x.shape}")
-    half = x.shape[-1] // 2
-    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    a = as_float_array(x, "x")
+    if a.ndim < 1 or a.shape[-1] % 2:
+        raise ValueError(f"x must have an even last dimension, got shape {a.shape}")
+    half = a.shape[-1] // 2
+    return np.concatenate([-a[..., half:], a[..., :half]], axis=-1)
 
 
 def apply_rope(
-    x, positions=None, *, freqs: tuple | None = None, base: float = 10000.0
+    x: ArrayLike,
+    positions: ArrayLike | None = None,
+    *,
+    freqs: tuple[ArrayLike, ArrayLike] | None = None,
+    base: float = 10000.0,
 ) -> np.ndarray:
     """Rotate each feature pair of ``x`` (..., L, head_dim) by its position's angles.
 
@@ -114,12 +127,16 @@ def apply_rope(
     them from ``base``; every position must be below ``len(cos)``.
     Returns a new array of x's shape and dtype (float32 or float64).
     """
-    x, cos, sin = _rope_args(x, positions, freqs, base, "x")
-    return x * cos + rotate_half(x) * sin
+    a, cos, sin = _rope_args(x, positions, freqs, base, "x")
+    return a * cos + rotate_half(a) * sin
 
 
 def apply_rope_backward(
-    dout, positions=None, *, freqs: tuple | None = None, base: float = 10000.0
+    dout: ArrayLike,
+    positions: ArrayLike | None = None,
+    *,
+    freqs: tuple[ArrayLike, ArrayLike] | None = None,
+    base: float = 10000.0,
 ) -> np.ndarray:
     """Gradient through :func:`apply_rope`: ``dx`` of shape (..., L, head_dim).
 
@@ -127,8 +144,8 @@ def apply_rope_backward(
     the rotation by minus the angle, ``dout * cos - rotate_half(dout) * sin``.
     Takes the same ``positions``/``freqs``/``base`` as the forward call.
     """
-    dout, cos, sin = _rope_args(dout, positions, freqs, base, "dout")
-    return dout * cos - rotate_half(dout) * sin
+    d, cos, sin = _rope_args(dout, positions, freqs, base, "dout")
+    return d * cos - rotate_half(d) * sin
 
 
 # --- helpers: the argument checks, so that the functions above read as the maths ----------------
@@ -140,28 +157,34 @@ def _angles(positions: np.ndarray, dim: int, base: float) -> np.ndarray:
     return np.outer(positions.astype(np.float64), theta)  # (P, dim / 2)
 
 
-def _even_positive_int(value, name: str) -> int:
-    value = positive_int(value, name)
-    if value % 2:
+def _even_positive_int(value: object, name: str) -> int:
+    n = positive_int(value, name)
+    if n % 2:
         raise ValueError(
-            f"{name} must be even (features are rotated in pairs), got {value}"
+            f"{name} must be even (features are rotated in pairs), got {n}"
         )
-    return value
+    return n
 
 
-def _base(base) -> float:
+def _base(base: object) -> float:
     if isinstance(base, bool) or not isinstance(base, numbers.Real):
         raise TypeError(
             f"base must be a number greater than 1, got {base!r} ({type(base).__name__})"
         )
-    if not (math.isfinite(base) and base > 1):
+    if not (math.isfinite(base) and float(base) > 1):
         raise ValueError(f"base must be a finite number greater than 1, got {base}")
     return float(base)
 
 
-def _rope_args(x, positions, freqs, base, name: str):
+def _rope_args(
+    x_in: ArrayLike,
+    positions_in: ArrayLike | None,
+    freqs: object,
+    base: float,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checked ``x`` (..., L, hd) and the cos/sin rows for its positions, broadcastable to x."""
-    x = as_float_array(x, name)
+    x = as_float_array(x_in, name)
     if x.ndim < 2:
         raise ValueError(
             f"{name} must have shape (..., L, head_dim), got shape {x.shape}"
@@ -171,10 +194,10 @@ def _rope_args(x, positions, freqs, base, name: str):
         raise ValueError(
             f"the last dimension of {name} (head_dim) must be even and positive, got shape {x.shape}"
         )
-    if positions is None:
+    if positions_in is None:
         positions = np.arange(L)
     else:
-        positions = np.asarray(positions)
+        positions = np.asarray(positions_in)
         if positions.dtype == np.bool_ or not np.issubdtype(
             positions.dtype, np.integer
         ):
@@ -212,7 +235,7 @@ def _rope_args(x, positions, freqs, base, name: str):
     )
 
 
-def _tables(freqs, head_dim: int):
+def _tables(freqs: object, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(freqs, tuple) and len(freqs) == 2):
         raise TypeError(
             f"freqs must be the (cos, sin) pair from rope_frequencies, got {type(freqs).__name__}"

@@ -13,13 +13,17 @@ torch is imported inside the functions, so ``mha`` works without it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from ._checks import positive_int
 from .attention import BIAS_NAMES, PARAMETER_NAMES, MultiHeadAttention
 from .verify import abs_diff, as_float64, max_abs_diff
+
+if TYPE_CHECKING:  # torch is optional: imported for the annotations only
+    import torch
+    from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = [
     "load_weights_from_pytorch",
@@ -32,13 +36,15 @@ __all__ = [
 ]
 
 
-def _torch():
+def _torch() -> Any:
     import torch  # lazy: only the bridge needs torch
 
     return torch
 
 
-def _check_pair(numpy_mha, pytorch_mha) -> None:
+def _check_pair(
+    numpy_mha: MultiHeadAttention, pytorch_mha: torch.nn.MultiheadAttention
+) -> None:
     if not isinstance(numpy_mha, MultiHeadAttention):
         raise TypeError(
             f"numpy_mha must be an mha.MultiHeadAttention, got {type(numpy_mha).__name__}"
@@ -60,28 +66,28 @@ def _check_pair(numpy_mha, pytorch_mha) -> None:
             )
 
 
-def _to_numpy(tensor):
+def _to_numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
     """A float64 copy of a torch tensor (None stays None): :func:`mha.verify.as_float64`."""
     return None if tensor is None else as_float64(tensor)
 
 
-def _torch_parameters(pytorch_mha) -> dict:
+def _torch_parameters(pytorch_mha: torch.nn.MultiheadAttention) -> dict[str, Any]:
     """torch's parameters in ``mha``'s names and (in, out) layout, as float64 arrays."""
     E = pytorch_mha.embed_dim
     if pytorch_mha._qkv_same_embed_dim:
-        in_proj = _to_numpy(pytorch_mha.in_proj_weight)  # (3E, E)
+        in_proj = as_float64(pytorch_mha.in_proj_weight)  # (3E, E)
         # rows of torch -> columns here
         W_Q, W_K, W_V = (in_proj[i * E : (i + 1) * E].T for i in range(3))
     else:
         W_Q, W_K, W_V = (
-            _to_numpy(getattr(pytorch_mha, n)).T
+            as_float64(getattr(pytorch_mha, n)).T
             for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight")
         )
-    params = {
+    params: dict[str, np.ndarray | None] = {
         "W_Q": W_Q,
         "W_K": W_K,
         "W_V": W_V,
-        "W_O": _to_numpy(pytorch_mha.out_proj.weight).T,
+        "W_O": as_float64(pytorch_mha.out_proj.weight).T,
     }
     in_bias = _to_numpy(pytorch_mha.in_proj_bias)
     for i, name in enumerate(BIAS_NAMES[:3]):
@@ -89,11 +95,13 @@ def _torch_parameters(pytorch_mha) -> dict:
     params["b_O"] = _to_numpy(pytorch_mha.out_proj.bias)
     for name in ("bias_k", "bias_v"):
         value = getattr(pytorch_mha, name)
-        params[name] = None if value is None else _to_numpy(value).reshape(E)
+        params[name] = None if value is None else as_float64(value).reshape(E)
     return params
 
 
-def load_weights_from_pytorch(numpy_mha, pytorch_mha) -> MultiHeadAttention:
+def load_weights_from_pytorch(
+    numpy_mha: MultiHeadAttention, pytorch_mha: torch.nn.MultiheadAttention
+) -> MultiHeadAttention:
     """Copy ``pytorch_mha``'s parameters into ``numpy_mha`` (returned for chaining).
 
     Transposes each weight from torch's (out, in) to NumPy's (in, out)
@@ -123,19 +131,19 @@ class Comparison(NamedTuple):
     match: bool
     max_diff: float
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return self.match
 
 
 def compare_outputs(
-    numpy_mha,
-    pytorch_mha,
-    x,
+    numpy_mha: MultiHeadAttention,
+    pytorch_mha: torch.nn.MultiheadAttention,
+    x: ArrayLike,
     atol: float = 1e-5,
     *,
-    key=None,
-    value=None,
-    **forward_kwargs,
+    key: ArrayLike | None = None,
+    value: ArrayLike | None = None,
+    **forward_kwargs: Any,
 ) -> Comparison:
     """Run both modules on ``x`` (and optional ``key``/``value``) and compare.
 
@@ -169,7 +177,7 @@ def compare_outputs(
     x_k = x_q if key is None else np.asarray(key)
     x_v = x_k if value is None else np.asarray(value)
 
-    def to_torch(a):
+    def to_torch(a: np.ndarray) -> Any:  # a torch.Tensor
         if a.ndim == 3 and numpy_mha.batch_first != pytorch_mha.batch_first:
             a = a.transpose(1, 0, 2)  # swap (N, L, E) <-> (L, N, E)
         return torch.as_tensor(
@@ -205,7 +213,14 @@ def compare_outputs(
     return Comparison(bool(max_diff <= atol), max_diff)
 
 
-def create_matching_mha(d_model, num_heads, *, seed=None, dtype=np.float32, **options):
+def create_matching_mha(
+    d_model: int,
+    num_heads: int,
+    *,
+    seed: int | None = None,
+    dtype: DTypeLike = np.float32,
+    **options: Any,
+) -> tuple[MultiHeadAttention, torch.nn.MultiheadAttention]:
     """A new ``nn.MultiheadAttention`` (eval mode) and an ``mha.MultiHeadAttention`` with its weights.
 
     ``options`` are ``nn.MultiheadAttention``'s (``bias``, ``add_bias_kv``,
@@ -257,7 +272,9 @@ def create_matching_mha(d_model, num_heads, *, seed=None, dtype=np.float32, **op
     return numpy_mha, pytorch_mha
 
 
-def analyze_weight_differences(numpy_mha, pytorch_mha) -> dict:
+def analyze_weight_differences(
+    numpy_mha: MultiHeadAttention, pytorch_mha: torch.nn.MultiheadAttention
+) -> dict[str, dict[str, float]]:
     """Per parameter ``{"max_diff": float, "mean_diff": float}`` between the two modules.
 
     Keys are ``mha``'s names (``"W_Q"``, ..., ``"bias_v"``); a parameter
@@ -278,7 +295,9 @@ def analyze_weight_differences(numpy_mha, pytorch_mha) -> dict:
     return report
 
 
-def torch_state_dict(numpy_mha, grads: bool = False) -> dict:
+def torch_state_dict(
+    numpy_mha: MultiHeadAttention, grads: bool = False
+) -> dict[str, np.ndarray]:
     """``{torch parameter name: array}`` in torch's names and (out, in) layout.
 
     With ``grads=True`` the gradients of the last :meth:`backward`, so they
@@ -293,7 +312,7 @@ def torch_state_dict(numpy_mha, grads: bool = False) -> dict:
             "torch_state_dict(grads=True) needs gradients: call backward() first"
         )
     source = numpy_mha.grads if grads else numpy_mha.parameters()
-    p = {name: source.get(name) for name in PARAMETER_NAMES}
+    p: dict[str, Any] = {name: source.get(name) for name in PARAMETER_NAMES}
     E = numpy_mha.d_model
     state = {}
     if numpy_mha.kdim == E and numpy_mha.vdim == E:
@@ -321,7 +340,9 @@ def torch_state_dict(numpy_mha, grads: bool = False) -> dict:
     return state
 
 
-def to_pytorch(numpy_mha, device=None):
+def to_pytorch(
+    numpy_mha: MultiHeadAttention, device: str | torch.device | None = None
+) -> torch.nn.MultiheadAttention:
     """A new ``nn.MultiheadAttention`` (eval mode) holding ``numpy_mha``'s weights."""
     torch = _torch()
     state = torch_state_dict(numpy_mha)

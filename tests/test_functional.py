@@ -37,9 +37,8 @@ def test_softmax_matches_torch_and_is_stable():
 def test_softmax_all_masked_row_is_zero_not_nan():
     x = np.array([[0.0, 1.0], [-np.inf, -np.inf]])
     np.testing.assert_array_equal(mha.softmax(x)[1], [0.0, 0.0])
-    assert torch.isnan(
-        torch.softmax(torch.tensor(x), -1)[1]
-    ).all()  # torch gives NaN there
+    # torch gives NaN there
+    assert torch.isnan(torch.softmax(torch.tensor(x), -1)[1]).all()
 
 
 def test_softmax_does_not_modify_input():

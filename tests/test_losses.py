@@ -72,9 +72,8 @@ def test_other_ignore_index_and_one_dimensional_targets():
     np.testing.assert_allclose(
         cross_entropy_backward(1.0, cache), ref_grad, rtol=1e-13, atol=1e-15
     )
-    assert not cross_entropy_backward(1.0, cache)[
-        targets == 2
-    ].any()  # ignored rows get no gradient
+    # ignored rows get no gradient
+    assert not cross_entropy_backward(1.0, cache)[targets == 2].any()
 
 
 def test_every_row_ignored_gives_nan_like_torch():

@@ -208,9 +208,8 @@ def _threaded_forward_in_child(queue):
 )
 def test_a_forked_child_gets_a_pool_of_its_own(threaded):
     m = mha.MultiHeadAttention(8, 2, seed=0)
-    expected = m(
-        np.ones((2, 3, 8), np.float32)
-    ).sum()  # the parent's pool now has threads
+    # the parent's pool now has threads
+    expected = m(np.ones((2, 3, 8), np.float32)).sum()
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_threaded_forward_in_child, args=(queue,))
@@ -235,9 +234,8 @@ def test_layers_called_from_several_threads_at_once_agree_and_restore_the_blas(
         try:
             for _ in range(20):
                 results.append(mha.MultiHeadAttention(8, 2, seed=0)(x))
-        except (
-            Exception
-        ) as exc:  # reported below: an exception in a thread would otherwise vanish
+        # reported below: an exception in a thread would otherwise vanish
+        except Exception as exc:
             failures.append(exc)
 
     callers = [threading.Thread(target=caller) for _ in range(3)]
