@@ -17,7 +17,8 @@ The one implementation that every chapter of the book imports:
 - attention at scale: ``mha.tiled`` (online softmax, tiled attention forward and backward),
   ``mha.kv_cache`` (KV cache, decode step, grouped-query attention)
 - training: ``mha.losses`` (cross-entropy and its backward), ``mha.optim`` (Adam),
-  ``mha.model`` (the tiny model and its torch twin), ``mha.train`` (tasks, the loop, accuracy)
+  ``mha.model`` (the tiny model; its torch twin in ``mha.model_torch``), ``mha.train`` (tasks,
+  the loop, accuracy)
 - ``mha.plot`` for the book's figures (imported on first use, so matplotlib is not needed to compute)
 - :func:`report_match`, :func:`max_abs_diff`: printed verdicts that are the same on every machine
 - ``mha.exercises``: the check cells of the book's exercises

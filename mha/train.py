@@ -153,7 +153,7 @@ def fit(
     if twin is not None:
         import torch
 
-        from .model import from_torch
+        from .model_torch import from_torch
 
         torch_optimizer = torch.optim.Adam(twin.parameters(), lr=lr)
         torch_losses = np.empty(steps)
