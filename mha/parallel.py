@@ -135,12 +135,32 @@ def batch_head_chunks(N: int, H: int, parts: int) -> list[tuple[slice, slice]]:
     return [(slice(n, n + 1), h) for n in range(N) for h in split(H, -(-parts // N))]
 
 
-def _in_pieces(pmap: PMap, fn: Callable[[slice], Any], n: int) -> None:
-    """``fn(s)`` for slices ``s`` covering ``range(n)``: one slice serially, one per thread in the pool."""
-    if pmap is None:
+# OpenBLAS (with its SkylakeX kernels, for one) computes a product of at most 100**3
+# multiply-adds (M * N * K) with a "small matrix" kernel that sums in another order than its
+# regular GEMM. A piece of a split product must stay above that size, or its last bits differ
+# from the one product that the serial code computes (when that one is above it).
+MIN_PIECE_PRODUCT = 1 << 20
+
+
+def _in_pieces(
+    pmap: PMap, fn: Callable[[slice], Any], n: int, product_per_index: int = 0
+) -> None:
+    """``fn(s)`` for slices ``s`` covering ``range(n)``: one slice serially, else one per thread.
+
+    ``product_per_index``: the multiply-adds of a matmul per index of ``range(n)``; the slices
+    are then made no smaller than ``MIN_PIECE_PRODUCT`` (fewer of them, or one).
+    """
+    parts = 1 if pmap is None else _num_threads
+    while (
+        product_per_index
+        and parts > 1
+        and (n // parts) * product_per_index < MIN_PIECE_PRODUCT
+    ):
+        parts -= 1
+    if parts == 1 or pmap is None:
         fn(slice(None))
     else:
-        pmap(fn, split(n, _num_threads))
+        pmap(fn, split(n, parts))
 
 
 def matmul_rows(
@@ -154,14 +174,20 @@ def matmul_rows(
         if bias is not None:
             out[s] += bias
 
-    _in_pieces(pmap, rows, a.shape[0])
+    _in_pieces(pmap, rows, a.shape[0], a.shape[1] * b.shape[1])  # (rows, K) @ (K, C)
     return out
 
 
 def matmul_cols(pmap: PMap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for a (R, K), b (K, C), the columns of ``b`` shared out (for weight gradients ``x.T @ d``)."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    _in_pieces(pmap, lambda s: np.matmul(a, b[:, s], out=out[:, s]), b.shape[1])
+    # (R, K) @ (K, cols): R * K multiply-adds per column
+    _in_pieces(
+        pmap,
+        lambda s: np.matmul(a, b[:, s], out=out[:, s]),
+        b.shape[1],
+        a.shape[0] * a.shape[1],
+    )
     return out
 
 

@@ -258,21 +258,52 @@ BLOCK_SHAPES = [
     (3, 2, 64, 48, 16),
     (1, 6, 300, 7, 64),
     (2, 6, 256, 1, 64),
-    pytest.param(
-        4,
-        1,
-        128,
-        128,
-        32,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=(
-                "found in issue 8: the column-split weight gradient (parallel.matmul_cols) of a 32-feature "
-                "input differs from one product in the last bit; the old layer threaded it the same way"
-            ),
-        ),
-    ),
+    # found in issue 8: split in two, the weight gradient (32, 512) @ (512, 96) took OpenBLAS's
+    # small-matrix kernel and differed in the last bit; now its pieces stay above that size
+    (4, 1, 128, 128, 32),
 ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "R, K, C",
+    [(512, 32, 96), (32, 512, 96), (96, 512, 32), (1000, 40, 53), (64, 1024, 64)],
+    ids=lambda v: str(v),
+)
+def test_split_products_are_bitwise_one_product(threaded, R, K, C, dtype):
+    """Rows or columns shared out: the same bits as one matmul, on either side of the size
+    at which OpenBLAS switches to its small-matrix kernel (parallel.MIN_PIECE_PRODUCT)."""
+    rng = np.random.default_rng(R + K + C)
+    a = rng.standard_normal((R, K)).astype(dtype)
+    b = rng.standard_normal((K, C)).astype(dtype)
+    bias = rng.standard_normal(C).astype(dtype)
+    with parallel.threads(10**9) as pmap:
+        assert pmap is not None, "the test needs the pool (threadpoolctl and 2 threads)"
+        rows, cols = (
+            parallel.matmul_rows(pmap, a, b, bias),
+            parallel.matmul_cols(pmap, a, b),
+        )
+    one = a @ b
+    assert np.array_equal(cols, one)
+    one += bias
+    assert np.array_equal(rows, one)
+
+
+def test_large_products_are_still_shared_out(monkeypatch):
+    """The piece-size rule keeps the seed shape's products split, one piece per thread."""
+    calls = []
+    monkeypatch.setattr(parallel, "_num_threads", 2)
+    parallel._in_pieces(
+        lambda fn, items: calls.append(list(items)), print, 4096, 384 * 1152
+    )
+    assert len(calls) == 1 and len(calls[0]) == 2
+    calls.clear()
+    parallel._in_pieces(
+        lambda fn, items: calls.append(list(items)), lambda s: None, 512, 96 * 32
+    )
+    assert (
+        calls == []
+    )  # 2 pieces of 256 x 96 x 32 would be small products: one call instead
 
 
 @pytest.mark.parametrize("N, H, L, S, hd", BLOCK_SHAPES)
