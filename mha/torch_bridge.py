@@ -19,6 +19,7 @@ import numpy as np
 
 from ._checks import positive_int
 from .attention import BIAS_NAMES, PARAMETER_NAMES, MultiHeadAttention
+from .functional import causal_mask
 from .verify import abs_diff, as_float64, max_abs_diff
 
 if TYPE_CHECKING:  # torch is optional: imported for the annotations only
@@ -188,8 +189,7 @@ def compare_outputs(
     seq_axis = 1 if x_q.ndim == 3 and numpy_mha.batch_first else 0
     L, S = x_q.shape[seq_axis], x_k.shape[seq_axis]
     if kwargs.pop("is_causal", False) and kwargs.get("attn_mask") is None:
-        # True = blocked
-        kwargs["attn_mask"] = np.triu(np.ones((L, S), dtype=bool), k=1)
+        kwargs["attn_mask"] = ~causal_mask(L, S)  # torch's polarity: True = blocked
     for name in ("attn_mask", "key_padding_mask"):
         if kwargs.get(name) is not None:
             m = np.asarray(kwargs[name])

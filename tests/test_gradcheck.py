@@ -24,8 +24,12 @@ from mha import MultiHeadAttention
 from mha.functional import (
     attention_backward,
     attention_forward,
+    linear,
+    linear_backward,
+    merge_heads,
     softmax,
     softmax_backward,
+    split_heads,
 )
 
 STEP = 1e-6  # finite-difference step h
@@ -258,6 +262,39 @@ def test_attention_backward_matches_finite_differences(shapes_id, scale):
             analytic,
             numeric_grad(loss, x),
         )
+
+
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("lead", [(), (2,), (2, 3)], ids=["1-D", "2-D", "3-D"])
+def test_linear_backward_matches_finite_differences(lead, has_bias):
+    """dx, dW, db of x @ W + b over any leading axes."""
+    rng = np.random.default_rng(len(lead))
+    x, W = rng.standard_normal((*lead, 4)), rng.standard_normal((4, 5))
+    b = rng.standard_normal(5) if has_bias else None
+    G = rng.standard_normal((*lead, 5))
+    dx, dW, db = linear_backward(G, x, W, has_bias)
+
+    def loss():
+        return float(np.sum(linear(x, W, b) * G))
+
+    pairs = [("dx", dx, x), ("dW", dW, W)] + ([("db", db, b)] if has_bias else [])
+    for label, analytic, arr in pairs:
+        check_grad(
+            f"linear_backward lead={lead}: {label}", analytic, numeric_grad(loss, arr)
+        )
+    assert has_bias or db is None
+
+
+def test_merge_heads_is_the_backward_of_split_heads():
+    """split_heads is a reshape and transpose: its gradient is merge_heads of the upstream one."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6))
+    G = rng.standard_normal((2, 2, 3, 3))  # (N, H, L, hd)
+
+    def loss():
+        return float(np.sum(split_heads(x, 2) * G))
+
+    check_grad("split_heads backward", merge_heads(G), numeric_grad(loss, x))
 
 
 # ------------------------------------------------------------------ the check can fail
