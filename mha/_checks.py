@@ -94,6 +94,17 @@ def as_float_array(
     return arr.astype(dtype, copy=False)
 
 
+def axis_of(x: np.ndarray, axis: object, name: str = "axis") -> int:
+    """``axis`` checked as an axis of ``x`` (negative counts from the end)."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {axis!r} ({type(axis).__name__})")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"{name} must be in [-{x.ndim}, {x.ndim}) for x of shape {x.shape}, got {axis}"
+        )
+    return int(axis)
+
+
 def mask_array(mask: ArrayLike | None, name: str) -> np.ndarray | None:
     """Return a bool or float mask as an array; integer masks are refused, as torch does."""
     if mask is None:

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._checks import as_float_array, linear_arguments, positive_int, sdpa_arguments
+from ._checks import (
+    as_float_array,
+    axis_of,
+    linear_arguments,
+    positive_int,
+    sdpa_arguments,
+)
 
 __all__ = [
     "linear",
@@ -101,15 +107,9 @@ def softmax(x: ArrayLike, axis: int = -1) -> np.ndarray:
     overflow. A row that is entirely ``-inf`` (every key masked) gives zeros
     rather than NaN: torch's ``softmax`` returns NaN there.
     """
-    x = as_float_array(x, "x")
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an int, got {axis!r} ({type(axis).__name__})")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(
-            f"axis must be in [-{x.ndim}, {x.ndim}) for x of shape {x.shape}, got {axis}"
-        )
-    out = np.array(x, copy=True)
-    return _softmax_inplace(out, axis)
+    a = as_float_array(x, "x")
+    out = np.array(a, copy=True)
+    return _softmax_inplace(out, axis_of(a, axis))
 
 
 def _softmax_inplace(s: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -20,16 +20,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._checks import as_float_array
+from ._checks import as_float_array, axis_of
 
 __all__ = ["cross_entropy", "cross_entropy_backward", "log_softmax"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def log_softmax(x: ArrayLike, axis: int = -1) -> np.ndarray:
     """``log(softmax(x))`` computed without forming the softmax: ``x - max - log(sum(exp(x - max)))``."""
-    shifted = x - x.max(axis=axis, keepdims=True)
+    a = as_float_array(x, "x")
+    axis = axis_of(a, axis)
+    shifted = a - a.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 

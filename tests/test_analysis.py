@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, entry_points, public_entry_points
 
 import mha
 from mha import analysis
@@ -114,18 +114,49 @@ def test_non_distributions_are_refused_by_name(bad, message):
         analysis.entropy(bad)
 
 
-def test_bad_k_and_threshold_are_named():
-    w = np.full((2, 4), 0.25)
-    with pytest.raises(
-        ValueError, match="k must be at most the number of keys S=4, got 5"
-    ):
-        analysis.top_k_keys(w, 5)
-    with pytest.raises(TypeError, match="k must be a positive int"):
-        analysis.top_k_keys(w, 1.5)
-    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
-        analysis.sparsity(w, 0)
-    with pytest.raises(ValueError, match="a and b must have the same shape"):
-        analysis.compare_patterns(w, np.full((2, 2), 0.5))
+W = np.full((2, 4), 0.25)
+BAD = [  # (call, error, message)
+    (
+        lambda: analysis.top_k_keys(W, 5),
+        ValueError,
+        "k must be at most the number of keys S=4, got 5",
+    ),
+    (lambda: analysis.top_k_keys(W, 1.5), TypeError, "k must be a positive int"),
+    (lambda: analysis.sparsity(W, 0), ValueError, r"threshold must be in \(0, 1\]"),
+    (
+        lambda: analysis.sparsity(W, "0.1"),
+        TypeError,
+        "threshold must be a float, got '0.1'",
+    ),
+    (
+        lambda: analysis.entropy(None),
+        TypeError,
+        "weights must be an array of attention weights",
+    ),
+    (
+        lambda: analysis.compare_patterns(W, np.full((2, 2), 0.5)),
+        ValueError,
+        "a and b must have the same shape",
+    ),
+    (
+        lambda: analysis.compare_patterns(W, -W),
+        ValueError,
+        r"b must hold probabilities in \[0, 1\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+)
+def test_bad_k_threshold_and_pairs_are_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_every_function_of_the_module_has_a_bad_input_case():
+    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
+    assert public_entry_points(analysis) <= entry_points(call for call, _, _ in BAD)
 
 
 def test_float32_rows_with_rounding_are_accepted():

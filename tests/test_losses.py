@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import entry_points, public_entry_points
 
+from mha import losses
 from mha.losses import cross_entropy, cross_entropy_backward, log_softmax
 
-TOL = {np.float32: 1e-6, np.float64: 1e-13}
+# Tighter than helpers.TOL (the layer's budget): a loss is one log-softmax and one reduction.
+LOSS_TOL = {np.float32: 1e-6, np.float64: 1e-13}
 
 
 def _case(shape, C, dtype, seed=0, ignore_share=0.0, ignore_index=-100):
@@ -51,13 +54,14 @@ def test_matches_torch(dtype, reduction, label_smoothing, ignore_share):
         else np.asarray(0.7, dtype)
     )
     kwargs = dict(reduction=reduction, label_smoothing=label_smoothing)
+    tol = LOSS_TOL[dtype]
     loss, cache = cross_entropy(logits, targets, **kwargs)
     ref_loss, ref_grad = _torch_loss(logits, targets, dloss, **kwargs)
     assert loss.dtype == dtype and loss.shape == ref_loss.shape
-    np.testing.assert_allclose(loss, ref_loss, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
     grad = cross_entropy_backward(dloss, cache)
     assert grad.dtype == dtype
-    np.testing.assert_allclose(grad, ref_grad, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
 
 
 def test_other_ignore_index_and_one_dimensional_targets():
@@ -145,12 +149,54 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("change, error, message", BAD_CALLS)
-def test_bad_input_is_named(change, error, message):
-    kwargs = dict(logits=np.zeros((2, 3, 5)), targets=np.zeros((2, 3), int))
-    kwargs.update(change)
+def _cross_entropy_with(change):
+    def call():
+        kwargs = dict(logits=np.zeros((2, 3, 5)), targets=np.zeros((2, 3), int))
+        kwargs.update(change)
+        return cross_entropy(kwargs.pop("logits"), kwargs.pop("targets"), **kwargs)
+
+    return call
+
+
+def _backward_of(reduction, dloss):
+    _, cache = cross_entropy(
+        np.zeros((2, 3, 5)), np.zeros((2, 3), int), reduction=reduction
+    )
+    return lambda: cross_entropy_backward(dloss, cache)
+
+
+BAD = [(_cross_entropy_with(change), e, m) for change, e, m in BAD_CALLS] + [
+    (_backward_of("none", 1.0), ValueError, r"dloss.*\(2, 3\).*\(\)"),
+    (_backward_of("mean", np.ones((2, 3))), ValueError, r"dloss.*scalar.*\(2, 3\)"),
+    (
+        lambda: log_softmax(np.zeros((2, 3), int)),
+        TypeError,
+        r"x must be a floating.*int64",
+    ),
+    (
+        lambda: log_softmax(np.zeros(3), axis=1),
+        ValueError,
+        r"axis must be in \[-1, 1\).*got 1",
+    ),
+    (
+        lambda: log_softmax(np.zeros(3), axis=0.5),
+        TypeError,
+        r"axis must be an int, got 0\.5",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+)
+def test_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
-        cross_entropy(kwargs.pop("logits"), kwargs.pop("targets"), **kwargs)
+        call()
+
+
+def test_every_function_of_the_module_has_a_bad_input_case():
+    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
+    assert public_entry_points(losses) <= entry_points(call for call, _, _ in BAD)
 
 
 def test_backward_checks_dloss_shape():
