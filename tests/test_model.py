@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import entry_points, public_entry_points
 
+from mha import model as model_module
 from mha.losses import cross_entropy, cross_entropy_backward
 from mha.model import POSITIONAL, TinyTransformer, from_torch
 from mha.train import IGNORE, SequenceTask, accuracy, fit, watched
@@ -168,19 +170,60 @@ def test_bad_constructor_arguments(kwargs, error, message):
         TinyTransformer(V, L, **kwargs)
 
 
-def test_bad_tokens_and_dlogits():
-    model = TinyTransformer(V, L)
-    with pytest.raises(TypeError, match=r"tokens.*integer.*float64"):
-        model(np.zeros((2, L)))
-    with pytest.raises(ValueError, match=r"tokens.*\(N, 5\).*\(2, 4\)"):
-        model(np.zeros((2, 4), int))
-    with pytest.raises(ValueError, match=r"tokens.*\[0, 7\).*got 7"):
-        model(np.full((2, L), 7))
-    with pytest.raises(RuntimeError, match="forward"):
-        TinyTransformer(V, L).backward(np.zeros((2, L, V)))
-    model(np.zeros((2, L), int))
-    with pytest.raises(ValueError, match=r"dlogits.*\(2, 5, 7\).*\(2, 5, 6\)"):
-        model.backward(np.zeros((2, L, 6)))
+def _backward_after_forward(dlogits):
+    def call():
+        model = TinyTransformer(V, L)
+        model(np.zeros((2, L), int))
+        return model.backward(dlogits)
+
+    return call
+
+
+BAD_CALLS = [  # (call, error, message)
+    (
+        lambda: TinyTransformer(V, L)(np.zeros((2, L))),
+        TypeError,
+        r"tokens.*integer.*float64",
+    ),
+    (
+        lambda: TinyTransformer(V, L)(np.zeros((2, 4), int)),
+        ValueError,
+        r"tokens.*\(N, 5\).*\(2, 4\)",
+    ),
+    (
+        lambda: TinyTransformer(V, L)(np.full((2, L), 7)),
+        ValueError,
+        r"tokens.*\[0, 7\).*got 7",
+    ),
+    (
+        lambda: TinyTransformer(V, L).backward(np.zeros((2, L, V))),
+        RuntimeError,
+        "forward",
+    ),
+    (
+        _backward_after_forward(np.zeros((2, L, 6))),
+        ValueError,
+        r"dlogits.*\(2, 5, 7\).*\(2, 5, 6\)",
+    ),
+    (
+        lambda: TinyTransformer(V, L, num_layers=0),
+        ValueError,
+        r"num_layers.*positive.*0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, message", BAD_CALLS, ids=[f"bad-{i}" for i in range(len(BAD_CALLS))]
+)
+def test_bad_tokens_and_dlogits(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_every_entry_point_of_the_model_has_a_bad_input_case():
+    """Derived from BAD_CALLS' tracebacks (helpers.entry_point), not from a list typed here."""
+    assert public_entry_points(model_module) <= entry_points(c for c, _, _ in BAD_CALLS)
 
 
 # ---------------------------------------------------------------- tasks and the training loop
