@@ -1,6 +1,6 @@
 # Two commands, each doing its own set-up in a local venv (.venv):
 #   make book   install, execute every chapter, build the HTML book into _build/html
-#   make test   install, then ruff, unit tests, nbval over every notebook, strict book build, browser test
+#   make test   install, then ruff (lint, format), mypy, unit tests, nbval over every notebook, strict book build, browser test
 #   make test-colab   the same unit tests and nbval on the Colab floor (requirements-colab.txt)
 #   make repo URL=https://github.com/OWNER/NAME [REF=main]   the repository address, everywhere
 SHELL := /bin/bash
@@ -29,6 +29,8 @@ book: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check mha tests
+	$(BIN)/mypy
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --offline --quiet .github/workflows/
 	$(BIN)/python tools/set_repository.py --check

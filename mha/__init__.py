@@ -17,16 +17,36 @@ The one implementation that every chapter of the book imports:
 - attention at scale: ``mha.tiled`` (online softmax, tiled attention forward and backward),
   ``mha.kv_cache`` (KV cache, decode step, grouped-query attention)
 - training: ``mha.losses`` (cross-entropy and its backward), ``mha.optim`` (Adam),
-  ``mha.model`` (the tiny model and its torch twin), ``mha.train`` (tasks, the loop, accuracy)
+  ``mha.model`` (the tiny model; its torch twin in ``mha.model_torch``), ``mha.train`` (tasks,
+  the loop, accuracy)
 - ``mha.plot`` for the book's figures (imported on first use, so matplotlib is not needed to compute)
 - :func:`report_match`, :func:`max_abs_diff`: printed verdicts that are the same on every machine
 - ``mha.exercises``: the check cells of the book's exercises
 """
 
-from . import analysis, functional, kv_cache, losses, model, optim, positional, tiled, train
+from types import ModuleType
+
+from . import (
+    analysis,
+    functional,
+    kv_cache,
+    losses,
+    model,
+    optim,
+    positional,
+    tiled,
+    train,
+)
 from .attention import MultiHeadAttention
 from .convert import fused_to_sequential, sequential_to_fused
-from .functional import attention_weights, linear, merge_heads, scaled_dot_product_attention, softmax, split_heads
+from .functional import (
+    attention_weights,
+    linear,
+    merge_heads,
+    scaled_dot_product_attention,
+    softmax,
+    split_heads,
+)
 from .sequential import SequentialMHA
 from .torch_bridge import (
     analyze_weight_differences,
@@ -73,7 +93,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> ModuleType:
     # `mha.plot` without importing matplotlib for users who never plot
     if name in ("plot", "exercises"):
         import importlib

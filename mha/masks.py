@@ -18,6 +18,7 @@ never masked, exactly as torch pads its masks with zeros.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import mask_array
 from .functional import causal_mask
@@ -32,38 +33,60 @@ def _to_additive(mask: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return mask.astype(dtype, copy=False)
 
 
-def merge_masks(*, key_padding_mask, attn_mask, is_causal: bool, batched: bool,
-                N: int, H: int, L: int, S: int, extra_keys: int, dtype: np.dtype) -> np.ndarray | None:
+def merge_masks(
+    *,
+    key_padding_mask: ArrayLike | None,
+    attn_mask: ArrayLike | None,
+    is_causal: bool,
+    batched: bool,
+    N: int,
+    H: int,
+    L: int,
+    S: int,
+    extra_keys: int,
+    dtype: np.dtype,
+) -> np.ndarray | None:
     """Check both masks against the shapes and return one additive mask.
 
     Returns an array broadcastable to (N, H, L, S + extra_keys), or None
     when nothing is masked. ``is_causal=True`` without ``attn_mask`` builds
     the causal (L, S) mask, so it means exactly what passing that mask does.
     """
-    key_padding_mask = mask_array(key_padding_mask, "key_padding_mask")
-    attn_mask = mask_array(attn_mask, "attn_mask")
-    if is_causal and attn_mask is None:
-        attn_mask = ~causal_mask(L, S)  # True = blocked, as nn.MultiheadAttention expects
+    kpm = mask_array(key_padding_mask, "key_padding_mask")
+    mask = mask_array(attn_mask, "attn_mask")
+    if is_causal and mask is None:
+        # True = blocked, as nn.MultiheadAttention expects
+        mask = ~causal_mask(L, S)
     merged = None
-    if attn_mask is not None:
-        if attn_mask.ndim == 2:
-            if attn_mask.shape != (L, S):
-                raise ValueError(f"attn_mask must have shape (L, S) = {(L, S)}, got {attn_mask.shape}")
-            merged = _to_additive(attn_mask, dtype)[None, None]          # (1, 1, L, S)
-        elif attn_mask.ndim == 3:
-            expected = (N * H, L, S) if batched else (H, L, S)
-            if attn_mask.shape != expected:
+    if mask is not None:
+        if mask.ndim == 2:
+            if mask.shape != (L, S):
+                raise ValueError(
+                    f"attn_mask must have shape (L, S) = {(L, S)}, got {mask.shape}"
+                )
+            merged = _to_additive(mask, dtype)[None, None]  # (1, 1, L, S)
+        elif mask.ndim == 3:
+            expected: tuple[int, ...] = (N * H, L, S) if batched else (H, L, S)
+            if mask.shape != expected:
                 what = "(N * num_heads, L, S)" if batched else "(num_heads, L, S)"
-                raise ValueError(f"attn_mask must have shape {what} = {expected}, got {attn_mask.shape}")
-            merged = _to_additive(attn_mask, dtype).reshape(N, H, L, S)  # (N*H, L, S) -> (N, H, L, S)
+                raise ValueError(
+                    f"attn_mask must have shape {what} = {expected}, got {mask.shape}"
+                )
+            # (N*H, L, S) -> (N, H, L, S)
+            merged = _to_additive(mask, dtype).reshape(N, H, L, S)
         else:
-            raise ValueError(f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape {attn_mask.shape}")
-    if key_padding_mask is not None:
+            raise ValueError(
+                f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape {mask.shape}"
+            )
+    if kpm is not None:
         expected = (N, S) if batched else (S,)
-        if key_padding_mask.shape != expected:
+        if kpm.shape != expected:
             what = "(N, S)" if batched else "(S,)"
-            raise ValueError(f"key_padding_mask must have shape {what} = {expected}, got {key_padding_mask.shape}")
-        padding = _to_additive(key_padding_mask, dtype).reshape(N, 1, 1, S)  # (N, S) -> (N, 1, 1, S)
+            raise ValueError(
+                f"key_padding_mask must have shape {what} = {expected}, got {kpm.shape}"
+            )
+        # (N, S) -> (N, 1, 1, S)
+        padding = _to_additive(kpm, dtype).reshape(N, 1, 1, S)
         merged = padding if merged is None else merged + padding
     if merged is not None and extra_keys:
         # bias_k and the zero key take part for every query: pad with 0 ("attend").

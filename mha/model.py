@@ -12,24 +12,37 @@ code; with ``positional="rope"`` no ``P`` is added and each layer rotates its
 queries and keys by their positions after the projections
 (``mha.positional.apply_rope``), with the same layer's weights. Parameters
 are drawn from a seeded NumPy generator; :meth:`TinyTransformer.to_torch`
-builds the torch twin holding the same values.
+builds the torch twin holding the same values (``mha.model_torch``, which
+also gives :func:`from_torch`, re-exported here).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._checks import float_dtype, positive_int, rng_from_seed
-from .attention import MultiHeadAttention
+from .attention import BIAS_NAMES, WEIGHT_NAMES, MultiHeadAttention
 from .functional import attention_backward, attention_forward
-from .positional import apply_rope, apply_rope_backward, rope_frequencies, sinusoidal_encoding
+
+# from_torch is re-exported: chapter 9 imports it from here
+from .model_torch import from_torch as from_torch
+from .model_torch import twin_class
+from .positional import (
+    apply_rope,
+    apply_rope_backward,
+    rope_frequencies,
+    sinusoidal_encoding,
+)
 
 __all__ = ["TinyTransformer", "POSITIONAL"]
 
 POSITIONAL = ("none", "sinusoidal", "learned", "rope")
-LAYER_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+# each layer's parameters, as the layer names them
+LAYER_PARAMS = WEIGHT_NAMES + BIAS_NAMES
 
 
 class TinyTransformer:
@@ -41,42 +54,67 @@ class TinyTransformer:
     in the layer's (in, out) layout, ``readout.W`` (E, V), ``readout.b`` (V,).
     """
 
-    def __init__(self, vocab_size: int, seq_len: int, *, d_model: int = 32, num_heads: int = 2,
-                 num_layers: int = 1, positional: str = "sinusoidal", residual: bool = False,
-                 dtype=np.float64, seed=0):
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        *,
+        d_model: int = 32,
+        num_heads: int = 2,
+        num_layers: int = 1,
+        positional: str = "sinusoidal",
+        residual: bool = False,
+        dtype: DTypeLike = np.float64,
+        seed: int | np.random.Generator | None = 0,
+    ) -> None:
         self.vocab_size = positive_int(vocab_size, "vocab_size")
         self.seq_len = positive_int(seq_len, "seq_len")
-        self.d_model, self.num_heads = positive_int(d_model, "d_model"), positive_int(num_heads, "num_heads")
+        self.d_model, self.num_heads = (
+            positive_int(d_model, "d_model"),
+            positive_int(num_heads, "num_heads"),
+        )
         self.num_layers = positive_int(num_layers, "num_layers")
         if positional not in POSITIONAL:
-            raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
+            raise ValueError(
+                f"positional must be one of {POSITIONAL}, got {positional!r}"
+            )
         if not isinstance(residual, bool):
             raise TypeError(f"residual must be True or False, got {residual!r}")
-        self.positional, self.residual, self.dtype = positional, residual, float_dtype(dtype)
+        self.positional, self.residual, self.dtype = (
+            positional,
+            residual,
+            float_dtype(dtype),
+        )
         V, L, E = self.vocab_size, self.seq_len, self.d_model
         rng = rng_from_seed(seed)
-        self.embedding = rng.standard_normal((V, E)).astype(self.dtype)      # like nn.Embedding: N(0, 1)
-        self.position = None
+        # like nn.Embedding: N(0, 1)
+        self.embedding = rng.standard_normal((V, E)).astype(self.dtype)
+        self.position: np.ndarray | None = None
+        self.encoding: np.ndarray | None = None
         if positional == "sinusoidal":
-            self.encoding = np.asarray(sinusoidal_encoding(L, E), dtype=self.dtype)   # fixed, not trained
+            # fixed, not trained
+            self.encoding = np.asarray(sinusoidal_encoding(L, E), dtype=self.dtype)
         elif positional == "learned":
-            self.encoding = None
             self.position = (0.5 * rng.standard_normal((L, E))).astype(self.dtype)
-        else:
-            self.encoding = None
-        self.layers = [MultiHeadAttention(E, self.num_heads, dtype=self.dtype, seed=rng) for _ in range(num_layers)]
-        bound = 1.0 / math.sqrt(E)                                          # like nn.Linear's default
-        self.W_out = rng.uniform(-bound, bound, (V, E)).T.astype(self.dtype)   # drawn (out, in), kept (in, out)
+        self.layers = [
+            MultiHeadAttention(E, self.num_heads, dtype=self.dtype, seed=rng)
+            for _ in range(num_layers)
+        ]
+        bound = 1.0 / math.sqrt(E)  # like nn.Linear's default
+        # drawn (out, in), kept (in, out)
+        self.W_out = rng.uniform(-bound, bound, (V, E)).T.astype(self.dtype)
         self.b_out = rng.uniform(-bound, bound, V).astype(self.dtype)
-        self.rope = None
-        if positional == "rope":                          # the (cos, sin) tables, (L, hd) each
+        self.rope: tuple[np.ndarray, np.ndarray] | None = None
+        if positional == "rope":  # the (cos, sin) tables, (L, hd) each
             self.rope = rope_frequencies(E // self.num_heads, L, dtype=self.dtype)
-        self._cache = None
+        self._cache: dict[str, Any] | None = None
 
-    def __repr__(self):
-        return (f"TinyTransformer(vocab_size={self.vocab_size}, seq_len={self.seq_len}, d_model={self.d_model}, "
-                f"num_heads={self.num_heads}, num_layers={self.num_layers}, positional={self.positional!r}, "
-                f"residual={self.residual}, dtype={self.dtype})")
+    def __repr__(self) -> str:
+        return (
+            f"TinyTransformer(vocab_size={self.vocab_size}, seq_len={self.seq_len}, d_model={self.d_model}, "
+            f"num_heads={self.num_heads}, num_layers={self.num_layers}, positional={self.positional!r}, "
+            f"residual={self.residual}, dtype={self.dtype})"
+        )
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Every trained array by name (the arrays themselves, not copies)."""
@@ -90,68 +128,85 @@ class TinyTransformer:
 
     # ------------------------------------------------------------------ forward and backward
 
-    def forward(self, tokens, *, need_weights: bool = False):
+    def forward(
+        self, tokens: ArrayLike, *, need_weights: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
         """Logits (N, L, V) for tokens (N, L) of ints in [0, V); with ``need_weights``
         also the attention weights of every layer, a list of (N, H, L, L)."""
         x = self._check_tokens(tokens)
-        h = self.embedding[x]                             # (N, L) -> (N, L, E)
+        h = self.embedding[x]  # (N, L) -> (N, L, E)
         if self.encoding is not None:
             h = h + self.encoding
         elif self.position is not None:
             h = h + self.position
-        caches, weights = [], []
+        caches: list[dict[str, Any] | None] = []
+        weights: list[Any] = []
         for layer in self.layers:
             if self.positional == "rope":
                 a, cache = self._rope_attention(layer, h)
                 w = cache["attn"]["weights"] if need_weights else None
             elif need_weights:
                 a, w = layer(h, need_weights=True, average_attn_weights=False)
-                cache = None                              # each layer keeps its own cache
+                cache = None  # each layer keeps its own cache
             else:
-                a, w, cache = layer(h), None, None
+                a, w, cache = cast(np.ndarray, layer(h)), None, None  # m(x): one array
             caches.append(cache)
             weights.append(w)
             h = h + a if self.residual else a
-        logits = h @ self.W_out + self.b_out              # (N, L, E) @ (E, V) -> (N, L, V)
+        logits = h @ self.W_out + self.b_out  # (N, L, E) @ (E, V) -> (N, L, V)
         self._cache = dict(tokens=x, h=h, layer_caches=caches)
         return (logits, weights) if need_weights else logits
 
     __call__ = forward
 
-    def backward(self, dlogits) -> dict[str, np.ndarray]:
+    def backward(self, dlogits: ArrayLike) -> dict[str, np.ndarray]:
         """Gradients of the last forward for ``dlogits`` (N, L, V): ``{name: gradient}`` like ``parameters()``."""
         c = self._cache
         if c is None:
-            raise RuntimeError("backward() called before forward(): run the forward pass first")
+            raise RuntimeError(
+                "backward() called before forward(): run the forward pass first"
+            )
         d = np.asarray(dlogits, dtype=self.dtype)
         N, L = c["tokens"].shape
         if d.shape != (N, L, self.vocab_size):
-            raise ValueError(f"dlogits must have the logits' shape {(N, L, self.vocab_size)}, got {d.shape}")
-        grads = {"readout.W": c["h"].reshape(N * L, -1).T @ d.reshape(N * L, -1),   # (E, N*L) @ (N*L, V)
-                 "readout.b": d.sum(axis=(0, 1))}
-        dh = d @ self.W_out.T                             # (N, L, V) @ (V, E) -> (N, L, E)
+            raise ValueError(
+                f"dlogits must have the logits' shape {(N, L, self.vocab_size)}, got {d.shape}"
+            )
+        h2 = c["h"].reshape(N * L, -1)  # (N, L, E) -> (N*L, E)
+        grads = {
+            "readout.W": h2.T @ d.reshape(N * L, -1),  # (E, N*L) @ (N*L, V) -> (E, V)
+            "readout.b": d.sum(axis=(0, 1)),
+        }
+        dh = d @ self.W_out.T  # (N, L, V) @ (V, E) -> (N, L, E)
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
             if self.positional == "rope":
-                dx, layer_grads = self._rope_attention_backward(layer, dh, c["layer_caches"][i])
+                dx, layer_grads = self._rope_attention_backward(
+                    layer, dh, c["layer_caches"][i]
+                )
             else:
-                dx = layer.backward(dh)
+                dx = cast(np.ndarray, layer.backward(dh))  # after m(x): one gradient
                 layer_grads = layer.grads
             grads.update({f"layers.{i}.{n}": layer_grads[n] for n in LAYER_PARAMS})
             dh = dx + dh if self.residual else dx
         if self.position is not None:
-            grads["position"] = dh.sum(axis=0)            # (N, L, E) -> (L, E)
+            grads["position"] = dh.sum(axis=0)  # (N, L, E) -> (L, E)
         d_embedding = np.zeros_like(self.embedding)
-        np.add.at(d_embedding, c["tokens"], dh)           # each row of dh goes to its token's row
+        # each row of dh goes to its token's row
+        np.add.at(d_embedding, c["tokens"], dh)
         grads["embedding"] = d_embedding
         return {name: grads[name] for name in self.parameters()}
 
-    def _check_tokens(self, tokens) -> np.ndarray:
+    def _check_tokens(self, tokens: ArrayLike) -> np.ndarray:
         x = np.asarray(tokens)
         if not np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-            raise TypeError(f"tokens must be an integer array (N, L), got dtype {x.dtype}")
+            raise TypeError(
+                f"tokens must be an integer array (N, L), got dtype {x.dtype}"
+            )
         if x.ndim != 2 or x.shape[1] != self.seq_len:
-            raise ValueError(f"tokens must have shape (N, {self.seq_len}), got {x.shape}")
+            raise ValueError(
+                f"tokens must have shape (N, {self.seq_len}), got {x.shape}"
+            )
         if x.size and (x.min() < 0 or x.max() >= self.vocab_size):
             bad = x[(x < 0) | (x >= self.vocab_size)].flat[0]
             raise ValueError(f"tokens must be in [0, {self.vocab_size}), got {bad}")
@@ -159,35 +214,49 @@ class TinyTransformer:
 
     # ------------------------------------------------------------------ RoPE inside a layer
 
-    def _rope_attention(self, layer, h):
+    def _rope_attention(
+        self, layer: MultiHeadAttention, h: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """``layer``'s attention with queries and keys rotated by position: ``(out, cache)``."""
         N, L, E = h.shape
         H, hd = layer.num_heads, layer.head_dim
-        x2 = h.reshape(N * L, E)                          # (N, L, E) -> (N*L, E)
+        x2 = h.reshape(N * L, E)  # (N, L, E) -> (N*L, E)
 
-        def heads(W, b):                                  # (N*L, E) -> (N, L, H, hd) -> (N, H, L, hd)
+        # (N*L, E) -> (N, L, H, hd) -> (N, H, L, hd)
+        def heads(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
             return (x2 @ W + b).reshape(N, L, H, hd).transpose(0, 2, 1, 3)
 
-        q, k, v = heads(layer.W_Q, layer.b_Q), heads(layer.W_K, layer.b_K), heads(layer.W_V, layer.b_V)
-        q, k = apply_rope(q, freqs=self.rope), apply_rope(k, freqs=self.rope)   # the one new step
-        out, attn = attention_forward(q, k, v)            # (N, H, L, hd)
-        concat = out.transpose(0, 2, 1, 3).reshape(N * L, E)   # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+        q, k, v = (
+            heads(layer.W_Q, layer.b_Q),
+            heads(layer.W_K, layer.b_K),
+            heads(layer.W_V, layer.b_V),
+        )
+        # the one new step
+        q, k = (apply_rope(q, freqs=self.rope), apply_rope(k, freqs=self.rope))
+        out, attn = attention_forward(q, k, v)  # (N, H, L, hd)
+        # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+        concat = out.transpose(0, 2, 1, 3).reshape(N * L, E)
         a = (concat @ layer.W_O + layer.b_O).reshape(N, L, E)
         return a, dict(x2=x2, attn=attn, concat=concat, shape=(N, L, E))
 
-    def _rope_attention_backward(self, layer, dout, cache):
+    def _rope_attention_backward(
+        self, layer: MultiHeadAttention, dout: np.ndarray, cache: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Gradients of :meth:`_rope_attention`: ``(d_input, {name: gradient})``."""
         N, L, E = cache["shape"]
         H, hd = layer.num_heads, layer.head_dim
-        d2 = dout.reshape(N * L, E)                       # (N, L, E) -> (N*L, E)
+        d2 = dout.reshape(N * L, E)  # (N, L, E) -> (N*L, E)
         grads = {"W_O": cache["concat"].T @ d2, "b_O": d2.sum(axis=0)}
-        d_heads = (d2 @ layer.W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)   # -> (N, H, L, hd)
+        # -> (N, H, L, hd)
+        d_heads = (d2 @ layer.W_O.T).reshape(N, L, H, hd).transpose(0, 2, 1, 3)
         dq, dk, dv = attention_backward(d_heads, cache["attn"])
-        dq = apply_rope_backward(dq, freqs=self.rope)     # the rotation's transpose: rotate back
+        # the rotation's transpose: rotate back
+        dq = apply_rope_backward(dq, freqs=self.rope)
         dk = apply_rope_backward(dk, freqs=self.rope)
         dx = np.zeros_like(cache["x2"])
         for tag, d in (("Q", dq), ("K", dk), ("V", dv)):
-            d = d.transpose(0, 2, 1, 3).reshape(N * L, E)   # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+            # (N, H, L, hd) -> (N, L, H, hd) -> (N*L, E)
+            d = d.transpose(0, 2, 1, 3).reshape(N * L, E)
             grads["W_" + tag] = cache["x2"].T @ d
             grads["b_" + tag] = d.sum(axis=0)
             dx += d @ getattr(layer, "W_" + tag).T
@@ -195,7 +264,7 @@ class TinyTransformer:
 
     # ------------------------------------------------------------------ the torch twin
 
-    def to_torch(self):
+    def to_torch(self) -> Any:  # a torch.nn.Module
         """A new ``torch.nn.Module`` with copies of this model's parameters, computing the same logits.
 
         Its parts: ``embedding`` and (learned) ``position`` as ``nn.Parameter``,
@@ -203,93 +272,4 @@ class TinyTransformer:
         of ``nn.MultiheadAttention`` (``mha.to_pytorch``), ``readout`` an
         ``nn.Linear``. ``forward(tokens)`` takes a LongTensor (N, L).
         """
-        return _twin_class()(self)
-
-
-def from_torch(twin, *, grads: bool = False) -> dict[str, np.ndarray]:
-    """The twin's parameters (or with ``grads=True`` their ``.grad``) in :class:`TinyTransformer`'s
-    names and (in, out) layout, as float64 arrays: compare them one to one with ``parameters()``."""
-    def arr(p):
-        t = p.grad if grads else p
-        if t is None:
-            raise RuntimeError("from_torch(grads=True) needs gradients: call backward() on the twin first")
-        return t.detach().cpu().numpy().astype(np.float64)
-
-    out = {"embedding": arr(twin.embedding)}
-    if twin.position is not None:
-        out["position"] = arr(twin.position)
-    for i, layer in enumerate(twin.layers):
-        E = layer.embed_dim
-        w, b = arr(layer.in_proj_weight), arr(layer.in_proj_bias)   # (3E, E), (3E,): Q, K, V stacked
-        for j, tag in enumerate("QKV"):
-            out[f"layers.{i}.W_{tag}"] = w[j * E:(j + 1) * E].T   # torch's (out, in) -> (in, out)
-            out[f"layers.{i}.b_{tag}"] = b[j * E:(j + 1) * E]
-        out[f"layers.{i}.W_O"], out[f"layers.{i}.b_O"] = arr(layer.out_proj.weight).T, arr(layer.out_proj.bias)
-    out["readout.W"], out["readout.b"] = arr(twin.readout.weight).T, arr(twin.readout.bias)
-    order = [f"layers.{i}.{n}" for i in range(len(twin.layers)) for n in LAYER_PARAMS]
-    return {name: out[name] for name in ["embedding", "position"] + order + ["readout.W", "readout.b"]
-            if name in out}
-
-
-_TWIN = None
-
-
-def _twin_class():
-    """The torch twin's class, defined on first use so that ``mha`` imports without torch."""
-    global _TWIN
-    if _TWIN is not None:
-        return _TWIN
-    import torch
-    import torch.nn.functional as F
-
-    from .torch_bridge import to_pytorch
-
-    class TinyTransformerTorch(torch.nn.Module):
-        """:class:`TinyTransformer` in torch, autograd doing the backward."""
-
-        def __init__(self, model: TinyTransformer):
-            super().__init__()
-            dt = torch.float64 if model.dtype == np.float64 else torch.float32
-            self.positional, self.residual = model.positional, model.residual
-            self.embedding = torch.nn.Parameter(torch.tensor(model.embedding, dtype=dt))
-            self.position = None if model.position is None else torch.nn.Parameter(torch.tensor(model.position))
-            self.register_buffer("encoding", None if model.encoding is None else torch.tensor(model.encoding))
-            self.layers = torch.nn.ModuleList(to_pytorch(layer) for layer in model.layers)
-            self.readout = torch.nn.Linear(model.d_model, model.vocab_size, dtype=dt)
-            with torch.no_grad():
-                self.readout.weight.copy_(torch.tensor(model.W_out.T))   # (in, out) -> torch's (out, in)
-                self.readout.bias.copy_(torch.tensor(model.b_out))
-            if self.positional == "rope":
-                self.register_buffer("rope_cos", torch.tensor(model.rope[0]))
-                self.register_buffer("rope_sin", torch.tensor(model.rope[1]))
-
-        def forward(self, tokens):
-            h = self.embedding[tokens]                    # (N, L) -> (N, L, E)
-            if self.encoding is not None:
-                h = h + self.encoding
-            elif self.position is not None:
-                h = h + self.position
-            for layer in self.layers:
-                if self.positional == "rope":
-                    a = self._rope_attention(layer, h)
-                else:
-                    a = layer(h, h, h, need_weights=False)[0]
-                h = h + a if self.residual else a
-            return self.readout(h)
-
-        def _rotate(self, t):                             # RoPE, "rotate half": (N, H, L, hd)
-            half = t.shape[-1] // 2
-            rotated = torch.cat([-t[..., half:], t[..., :half]], dim=-1)
-            return t * self.rope_cos + rotated * self.rope_sin
-
-        def _rope_attention(self, layer, h):
-            N, L, E = h.shape
-            H = layer.num_heads
-            qkv = F.linear(h, layer.in_proj_weight, layer.in_proj_bias)   # (N, L, 3E)
-            qkv = qkv.reshape(N, L, 3, H, E // H).permute(2, 0, 3, 1, 4)  # -> (3, N, H, L, hd)
-            q, k, v = self._rotate(qkv[0]), self._rotate(qkv[1]), qkv[2]
-            out = F.scaled_dot_product_attention(q, k, v)                 # (N, H, L, hd)
-            return layer.out_proj(out.transpose(1, 2).reshape(N, L, E))   # -> (N, L, E)
-
-    _TWIN = TinyTransformerTorch
-    return _TWIN
+        return twin_class()(self)

@@ -20,18 +20,40 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from . import functional
 
-__all__ = ["get_num_threads", "set_num_threads", "threads", "split", "batch_head_chunks", "matmul_rows", "matmul_cols",
-           "sum_rows", "run"]
+# What threads() yields: map(fn, items) -> list run in the pool, or None for serial.
+PMap = Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]] | None
 
-_num_threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
+__all__ = [
+    "get_num_threads",
+    "set_num_threads",
+    "threads",
+    "split",
+    "batch_head_chunks",
+    "matmul_rows",
+    "matmul_cols",
+    "sum_rows",
+    "run",
+]
+
+_num_threads = max(
+    1,
+    min(
+        len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 1),
+        8,
+    ),
+)
 _pool: ThreadPoolExecutor | None = None
-_blas = None  # threadpoolctl's controller, made on first use; False when it is not available
+_blas: Any = None  # threadpoolctl's controller, made on first use; False when it is not available
 _busy = threading.Lock()
 
 
@@ -68,7 +90,7 @@ MIN_PARALLEL_SIZE = 1 << 16
 
 
 @contextlib.contextmanager
-def threads(size: int):
+def threads(size: int) -> Iterator[PMap]:
     """Context of one forward or backward: yields a ``map(fn, items)`` that runs in the pool, or None.
 
     ``size`` is the number of elements the work touches (for attention, ``N * L * (E + H * S)``).
@@ -113,41 +135,71 @@ def batch_head_chunks(N: int, H: int, parts: int) -> list[tuple[slice, slice]]:
     return [(slice(n, n + 1), h) for n in range(N) for h in split(H, -(-parts // N))]
 
 
-def _in_pieces(pmap, fn, n: int) -> None:
-    """``fn(s)`` for slices ``s`` covering ``range(n)``: one slice serially, one per thread in the pool."""
-    if pmap is None:
+# OpenBLAS (with its SkylakeX kernels, for one) computes a product of at most 100**3
+# multiply-adds (M * N * K) with a "small matrix" kernel that sums in another order than its
+# regular GEMM. A piece of a split product must stay above that size, or its last bits differ
+# from the one product that the serial code computes (when that one is above it).
+MIN_PIECE_PRODUCT = 1 << 20
+
+
+def _in_pieces(
+    pmap: PMap, fn: Callable[[slice], Any], n: int, product_per_index: int = 0
+) -> None:
+    """``fn(s)`` for slices ``s`` covering ``range(n)``: one slice serially, else one per thread.
+
+    ``product_per_index``: the multiply-adds of a matmul per index of ``range(n)``; the slices
+    are then made no smaller than ``MIN_PIECE_PRODUCT`` (fewer of them, or one).
+    """
+    parts = 1 if pmap is None else _num_threads
+    while (
+        product_per_index
+        and parts > 1
+        and (n // parts) * product_per_index < MIN_PIECE_PRODUCT
+    ):
+        parts -= 1
+    if parts == 1 or pmap is None:
         fn(slice(None))
     else:
-        pmap(fn, split(n, _num_threads))
+        pmap(fn, split(n, parts))
 
 
-def matmul_rows(pmap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+def matmul_rows(
+    pmap: PMap, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray:
     """``a @ b + bias`` for a (R, K), b (K, C), bias (C,) or None, the rows of ``a`` shared out."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
 
-    def rows(s):
+    def rows(s: slice) -> None:
         np.matmul(a[s], b, out=out[s])
         if bias is not None:
             out[s] += bias
 
-    _in_pieces(pmap, rows, a.shape[0])
+    _in_pieces(pmap, rows, a.shape[0], a.shape[1] * b.shape[1])  # (rows, K) @ (K, C)
     return out
 
 
-def matmul_cols(pmap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul_cols(pmap: PMap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for a (R, K), b (K, C), the columns of ``b`` shared out (for weight gradients ``x.T @ d``)."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    _in_pieces(pmap, lambda s: np.matmul(a, b[:, s], out=out[:, s]), b.shape[1])
+    # (R, K) @ (K, cols): R * K multiply-adds per column
+    _in_pieces(
+        pmap,
+        lambda s: np.matmul(a, b[:, s], out=out[:, s]),
+        b.shape[1],
+        a.shape[0] * a.shape[1],
+    )
     return out
 
 
-def run(pmap, fn, items) -> list:
+def run(pmap: PMap, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     """``[fn(item) for item in items]``, in the thread pool when there is one."""
     return [fn(item) for item in items] if pmap is None else pmap(fn, list(items))
 
 
-def sum_rows(pmap, d):
+def sum_rows(pmap: PMap, d: np.ndarray) -> np.ndarray:
     """:func:`mha.functional.sum_rows` of d (R, C), the columns shared out (each column's sum is the same either way)."""
     out = np.empty(d.shape[1], dtype=d.dtype)
-    _in_pieces(pmap, lambda s: out.__setitem__(s, functional.sum_rows(d[:, s])), d.shape[1])
+    _in_pieces(
+        pmap, lambda s: out.__setitem__(s, functional.sum_rows(d[:, s])), d.shape[1]
+    )
     return out

@@ -2,49 +2,51 @@
 
 Every function returns the matplotlib objects it drew on and never calls
 ``plt.show()``; showing or saving is left to the caller (or to Jupyter).
-Inputs may be NumPy arrays or anything ``np.asarray`` accepts, such as a torch
-tensor that has been detached and moved to the CPU. No global matplotlib
-state (``rcParams``, styles) is changed.
+Inputs may be NumPy arrays, anything ``np.asarray`` accepts, or torch tensors
+(detached and moved to the CPU by :func:`mha.verify.as_float64`, which converts
+every input here). No global matplotlib state (``rcParams``, styles) is changed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
+
+from .verify import abs_diff, as_float64
 
 _AUTO_ANNOTATE_MAX_CELLS = 100
 _DIFF_LABEL = "|actual \u2212 expected|"
 
 
-def _to_float64(x, name: str) -> np.ndarray:
-    """Convert ``x`` to a float64 array, raising TypeError naming ``name``."""
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # e.g. a torch tensor that still requires grad
-        raise TypeError(
-            f"{name} must be array-like (detach torch tensors and move them to the "
-            f"CPU first), got {type(x).__name__}: {exc}"
-        ) from exc
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
-
-
-def _tick_labels(labels, n: int, name: str, axis: str) -> list[str]:
+def _tick_labels(labels: Sequence[object], n: int, name: str, axis: str) -> list[str]:
     """Validate one list of tick labels against the axis length ``n``."""
     if isinstance(labels, str):
         raise TypeError(f"{name} must be a sequence of labels, got a single str")
-    labels = [str(label) for label in labels]
-    if len(labels) != n:
+    text = [str(label) for label in labels]
+    if len(text) != n:
         raise ValueError(
-            f"{name} must have one label per {axis} position ({n}), got {len(labels)}"
+            f"{name} must have one label per {axis} position ({n}), got {len(text)}"
         )
-    return labels
+    return text
 
 
-def _draw_one_map(ax, w, qlabels, klabels, *, cmap, norm, annotate, title):
+def _draw_one_map(
+    ax: Any,
+    w: np.ndarray,
+    qlabels: list[str] | None,
+    klabels: list[str] | None,
+    *,
+    cmap: Any,
+    norm: Normalize,
+    annotate: bool,
+    title: str,
+) -> Any:
     """Draw one (L, S) map into ``ax`` and return the AxesImage."""
     image = ax.imshow(w, cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_title(title)
@@ -64,14 +66,24 @@ def _draw_one_map(ax, w, qlabels, klabels, *, cmap, norm, annotate, title):
                 continue
             # Light text on the dark end of the colour map, dark text elsewhere.
             colour = "white" if norm(value) < 0.5 else "black"
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center",
-                    color=colour, fontsize=8)
+            ax.text(
+                j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=8
+            )
     return image
 
 
-def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
-                  title="Attention weights", cmap="viridis", annotate=None,
-                  vmin=0.0, vmax=None):
+def attention_map(
+    weights: ArrayLike,
+    query_labels: Sequence[object] | None = None,
+    key_labels: Sequence[object] | None = None,
+    *,
+    ax: Any = None,
+    title: str = "Attention weights",
+    cmap: Any = "viridis",
+    annotate: bool | None = None,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+) -> tuple[Any, Any]:
     """Draw attention weights as an image with a colour bar.
 
     ``weights`` has shape (L, S): row ``i`` holds the weights query ``i`` puts
@@ -87,19 +99,24 @@ def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
     Returns ``(fig, ax)`` for 2-D input and ``(fig, axes)`` for 3-D input,
     where ``axes`` is a NumPy array of H Axes.
     """
-    w = _to_float64(weights, "weights")
+    w = as_float64(weights, "weights")
     if w.ndim not in (2, 3):
         raise ValueError(
-            f"weights must be 2-D (L, S) or 3-D (H, L, S), got shape {w.shape}")
+            f"weights must be 2-D (L, S) or 3-D (H, L, S), got shape {w.shape}"
+        )
     if w.size == 0:
         raise ValueError(f"weights must not be empty, got shape {w.shape}")
     if annotate is not None and not isinstance(annotate, bool):
         raise TypeError(f"annotate must be None, True or False, got {annotate!r}")
     L, S = w.shape[-2:]
-    qlabels = None if query_labels is None else _tick_labels(
-        query_labels, L, "query_labels", "query")
-    klabels = None if key_labels is None else _tick_labels(
-        key_labels, S, "key_labels", "key")
+    qlabels = (
+        None
+        if query_labels is None
+        else _tick_labels(query_labels, L, "query_labels", "query")
+    )
+    klabels = (
+        None if key_labels is None else _tick_labels(key_labels, S, "key_labels", "key")
+    )
     if annotate is None:
         annotate = L * S <= _AUTO_ANNOTATE_MAX_CELLS
     if vmax is None:
@@ -107,35 +124,61 @@ def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
         vmax = float(finite.max()) if finite.size else 1.0
         vmax = max(vmax, vmin + 1e-12)  # keep the range non-empty
     if not vmax > vmin:
-        raise ValueError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
+        raise ValueError(
+            f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}"
+        )
     norm = Normalize(vmin=vmin, vmax=vmax)
 
     if w.ndim == 2:
         if ax is None:
-            fig, ax = plt.subplots(figsize=(min(3 + 0.45 * S, 12), min(2.5 + 0.4 * L, 10)),
-                                   layout="constrained")
+            fig, ax = plt.subplots(
+                figsize=(min(3 + 0.45 * S, 12), min(2.5 + 0.4 * L, 10)),
+                layout="constrained",
+            )
         else:
             fig = ax.figure
-        image = _draw_one_map(ax, w, qlabels, klabels, cmap=cmap, norm=norm,
-                              annotate=annotate, title=title)
+        image = _draw_one_map(
+            ax,
+            w,
+            qlabels,
+            klabels,
+            cmap=cmap,
+            norm=norm,
+            annotate=annotate,
+            title=title,
+        )
         fig.colorbar(image, ax=ax, label="weight")
         return fig, ax
 
     H = w.shape[0]
     if ax is None:
         side = min(1.5 + 0.3 * max(L, S), 4.5)
-        fig, axes = plt.subplots(1, H, figsize=(side * H + 1.5, side + 1), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            1,
+            H,
+            figsize=(side * H + 1.5, side + 1),
+            squeeze=False,
+            layout="constrained",
+        )
         axes = axes[0]
     else:
         axes = np.asarray(ax, dtype=object).ravel()
         if axes.size != H:
             raise ValueError(
-                f"ax must hold one Axes per head ({H}) for 3-D weights, got {axes.size}")
+                f"ax must hold one Axes per head ({H}) for 3-D weights, got {axes.size}"
+            )
         fig = axes[0].figure
     for h, head_ax in enumerate(axes):
-        image = _draw_one_map(head_ax, w[h], qlabels, klabels, cmap=cmap, norm=norm,
-                              annotate=annotate, title=f"head {h}")
+        image = _draw_one_map(
+            head_ax,
+            w[h],
+            qlabels,
+            klabels,
+            cmap=cmap,
+            norm=norm,
+            annotate=annotate,
+            title=f"head {h}",
+        )
         if h > 0:  # the rows are the same queries: label them only once
             head_ax.set_ylabel("")
             head_ax.tick_params(labelleft=False)
@@ -144,36 +187,39 @@ def attention_map(weights, query_labels=None, key_labels=None, *, ax=None,
     return fig, axes
 
 
-def _abs_diff(actual, expected) -> np.ndarray:
-    """|actual - expected| in float64; both inputs must share one shape."""
-    a = _to_float64(actual, "actual")
-    e = _to_float64(expected, "expected")
-    if a.shape != e.shape:
+def _abs_diff(actual: ArrayLike, expected: ArrayLike) -> np.ndarray:
+    """|actual - expected| in float64 (:func:`mha.verify.abs_diff`); the inputs must not be empty."""
+    diff = abs_diff(actual, expected)
+    if diff.size == 0:
         raise ValueError(
-            f"actual and expected must have the same shape, got actual {a.shape} "
-            f"and expected {e.shape}")
-    if a.size == 0:
-        raise ValueError(f"actual and expected must not be empty, got shape {a.shape}")
-    return np.abs(a - e)
+            f"actual and expected must not be empty, got shape {diff.shape}"
+        )
+    return diff
 
 
-def _input_eps(actual, expected) -> float:
+def _input_eps(actual: ArrayLike, expected: ArrayLike) -> float:
     """Machine epsilon of the inputs' floating dtype (float64 for integers)."""
-    dtype = np.result_type(np.asarray(actual), np.asarray(expected))
+    arrays = (
+        np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+        for x in (actual, expected)
+    )
+    dtype = np.result_type(*arrays)
     return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
 
 
-def _check_limit(name: str, value, *, positive: bool) -> None:
+def _check_limit(name: str, value: object, *, positive: bool) -> None:
     """``tol``, ``vmin``, ``vmax``: None, or a finite number (above zero where a log scale needs it)."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not np.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value}")
+        raise ValueError(
+            f"{name} must be a {'positive ' if positive else ''}finite number, got {value}"
+        )
 
 
-def _heatmap_diff(actual, expected) -> tuple[np.ndarray, bool]:
+def _heatmap_diff(actual: ArrayLike, expected: ArrayLike) -> tuple[np.ndarray, bool]:
     """|actual - expected| as the 2-D array a heatmap draws, and whether leading axes were reduced (max)."""
     diff = _abs_diff(actual, expected)
     if diff.ndim == 1:
@@ -183,7 +229,9 @@ def _heatmap_diff(actual, expected) -> tuple[np.ndarray, bool]:
     return diff, False
 
 
-def _colour_range(diffs, eps: float, *, log: bool, tol) -> tuple[float, float]:
+def _colour_range(
+    diffs: list[np.ndarray], eps: float, *, log: bool, tol: float | None
+) -> tuple[float, float]:
     """(vmin, vmax) that shows every difference in ``diffs`` and keeps the ``tol`` marker on the bar."""
     finite = np.concatenate([d[np.isfinite(d)].ravel() for d in diffs])
     if log:
@@ -197,7 +245,9 @@ def _colour_range(diffs, eps: float, *, log: bool, tol) -> tuple[float, float]:
     return 0.0, high if tol is None else max(high, tol * 1.05)
 
 
-def error_range(*pairs, log=True, tol=None) -> dict:
+def error_range(
+    *pairs: tuple[ArrayLike, ArrayLike], log: bool = True, tol: float | None = None
+) -> dict[str, float]:
     """One colour range for several error heatmaps: ``{"vmin": .., "vmax": ..}``.
 
     ``pairs`` are the ``(actual, expected)`` pairs of the panels; pass the result
@@ -212,8 +262,20 @@ def error_range(*pairs, log=True, tol=None) -> dict:
     return {"vmin": low, "vmax": high}
 
 
-def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
-                  ylabel="token", log=True, cmap="magma", tol=None, vmin=None, vmax=None):
+def error_heatmap(
+    actual: ArrayLike,
+    expected: ArrayLike,
+    *,
+    ax: Any = None,
+    title: str | None = None,
+    xlabel: str = "feature",
+    ylabel: str = "token",
+    log: bool = True,
+    cmap: Any = "magma",
+    tol: float | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> tuple[Any, Any]:
     """Draw ``|actual - expected|`` element-wise, computed in float64.
 
     Both inputs have the same shape. 1-D input of shape (N,) is drawn as one
@@ -237,24 +299,31 @@ def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
     if vmin is not None and vmax is not None and not vmin < vmax:
         raise ValueError(f"vmin must be below vmax, got vmin={vmin} and vmax={vmax}")
     low, high = _colour_range([diff], _input_eps(actual, expected), log=log, tol=tol)
-    low, high = (low if vmin is None else float(vmin)), (high if vmax is None else float(vmax))
+    low, high = (
+        (low if vmin is None else float(vmin)),
+        (high if vmax is None else float(vmax)),
+    )
     if log:
         if high <= low:
             high = low * 10
-        shown = np.where(diff == 0, low, diff)   # exact zeros take the bottom colour of the bar
-        norm = LogNorm(vmin=low, vmax=high)
+        # exact zeros take the bottom colour of the bar
+        shown = np.where(diff == 0, low, diff)
+        norm: Normalize = LogNorm(vmin=low, vmax=high)
     else:
         shown = diff
         norm = Normalize(vmin=low, vmax=high if high > low else low + 1.0)
 
     rows, cols = shown.shape
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(max(4 + 0.3 * cols, 5), 12),
-                                        min(max(2 + 0.3 * rows, 3), 8)),
-                               layout="constrained")
+        fig, ax = plt.subplots(
+            figsize=(min(max(4 + 0.3 * cols, 5), 12), min(max(2 + 0.3 * rows, 3), 8)),
+            layout="constrained",
+        )
     else:
         fig = ax.figure
-    image = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        shown, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest"
+    )
     cbar = fig.colorbar(image, ax=ax, label=_DIFF_LABEL)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -269,7 +338,14 @@ def error_heatmap(actual, expected, *, ax=None, title=None, xlabel="feature",
     return fig, ax
 
 
-def error_histogram(actual, expected, *, ax=None, bins=50, title=None):
+def error_histogram(
+    actual: ArrayLike,
+    expected: ArrayLike,
+    *,
+    ax: Any = None,
+    bins: int = 50,
+    title: str | None = None,
+) -> tuple[Any, Any]:
     """Histogram of ``log10 |actual - expected|`` over all elements.
 
     Inputs have the same (any) shape. Exact zeros have no logarithm; they are
@@ -298,7 +374,7 @@ def error_histogram(actual, expected, *, ax=None, bins=50, title=None):
     return fig, ax
 
 
-def glue(name: str, fig) -> None:
+def glue(name: str, fig: Any) -> None:
     """Show ``fig`` below the cell and, during a Jupyter Book build, keep it under ``name``.
 
     Another page can then show the same figure with
@@ -307,7 +383,7 @@ def glue(name: str, fig) -> None:
     The figure is closed afterwards so that it is not shown twice.
     """
     try:
-        from myst_nb import glue as myst_glue
+        from myst_nb import glue as myst_glue  # type: ignore[import-untyped]
     except ImportError:
         from IPython.display import display
 

@@ -8,9 +8,19 @@ gradient ``d<out>`` into ``d<in>`` in ``backward``. Gradients of parameters are 
 (not accumulated) on ``param.grad`` by each backward call.
 """
 
-import numpy as np
+from __future__ import annotations
 
-from ._checks import as_float_array, flag, float_dtype, positive_int, rng_from_seed, shape_is
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from ._checks import (
+    as_float_array,
+    flag,
+    float_dtype,
+    positive_int,
+    rng_from_seed,
+    shape_is,
+)
 from .functional import softmax, softmax_backward, sum_rows
 
 _NOT_YET = "backward() called before forward(); run forward(x) first"
@@ -19,10 +29,10 @@ _NOT_YET = "backward() called before forward(); run forward(x) first"
 class Parameter(np.ndarray):
     """A NumPy array that can carry ``.grad`` (an array of its own shape, or None)."""
 
-    grad = None
+    grad: np.ndarray | None = None
 
 
-def _param(values, dtype):
+def _param(values: ArrayLike, dtype: np.dtype) -> Parameter:
     return np.asarray(values, dtype=dtype).view(Parameter)
 
 
@@ -34,24 +44,36 @@ class Linear:
     with ``rng=None`` they start at zero (for callers that fill them in afterwards).
     """
 
-    def __init__(self, in_features, out_features, bias=False, *, rng, dtype=np.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        *,
+        rng: np.random.Generator | None,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         n_in = positive_int(in_features, "in_features")
         n_out = positive_int(out_features, "out_features")
         dt = float_dtype(dtype)
         bound = 1.0 / np.sqrt(n_in)
-        draw = (lambda *s: np.zeros(s)) if rng is None else (lambda *s: rng.uniform(-bound, bound, s))
+        draw = (
+            (lambda *s: np.zeros(s))
+            if rng is None
+            else (lambda *s: rng.uniform(-bound, bound, s))
+        )
         self.w = _param(draw(n_out, n_in), dt)  # (out, in)
-        self.b = _param(draw(n_out), dt) if bias else None  # (out,)
-        self._x = None
+        self.b: Parameter | None = _param(draw(n_out), dt) if bias else None  # (out,)
+        self._x: np.ndarray | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         out_features, in_features = self.w.shape
         return f"Linear(in_features={in_features}, out_features={out_features}, bias={self.b is not None})"
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
         return [self.w] if self.b is None else [self.w, self.b]
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (..., in) -> y: (..., out)."""
         self._x = x
         y = x @ np.asarray(self.w).T  # (..., in) @ (in, out) -> (..., out)
@@ -59,7 +81,7 @@ class Linear:
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy: (..., out) -> dx: (..., in); sets w.grad (out, in) and b.grad (out,)."""
         if self._x is None:
             raise RuntimeError(_NOT_YET)
@@ -79,40 +101,61 @@ class Head:
     out = attn_weights @ v                           (B, T, hd)
     """
 
-    def __init__(self, in_channels, head_dim, bias=False, *, rng, dtype=np.float32):
+    def __init__(
+        self,
+        in_channels: int,
+        head_dim: int,
+        bias: bool = False,
+        *,
+        rng: np.random.Generator | None,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         self.head_dim = positive_int(head_dim, "head_dim")
         self.q_proj = Linear(in_channels, head_dim, bias, rng=rng, dtype=dtype)
         self.k_proj = Linear(in_channels, head_dim, bias, rng=rng, dtype=dtype)
         self.v_proj = Linear(in_channels, head_dim, bias, rng=rng, dtype=dtype)
-        self.attn_weights = None  # (B, T, T) of the last forward
+        self.attn_weights: np.ndarray | None = None  # (B, T, T) of the last forward
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Head(q_proj={self.q_proj}, k_proj={self.k_proj}, v_proj={self.v_proj})"
 
-    def parameters(self):
-        return [p for lin in (self.q_proj, self.k_proj, self.v_proj) for p in lin.parameters()]
+    def parameters(self) -> list[Parameter]:
+        return [
+            p
+            for lin in (self.q_proj, self.k_proj, self.v_proj)
+            for p in lin.parameters()
+        ]
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (B, T, C) -> out: (B, T, hd)."""
-        self._scale = 1.0 / float(np.sqrt(self.head_dim))  # a Python float keeps float32 float32
-        self._q, self._k, self._v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, hd)
-        scores = self._q @ self._k.swapaxes(-1, -2) * self._scale  # (B, T, hd) @ (B, hd, T) -> (B, T, T)
+        # a Python float keeps float32 float32
+        self._scale = 1.0 / float(np.sqrt(self.head_dim))
+        # (B, T, hd)
+        self._q, self._k, self._v = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        # (B, T, hd) @ (B, hd, T) -> (B, T, T)
+        scores = self._q @ self._k.swapaxes(-1, -2) * self._scale
         self.attn_weights = softmax(scores)  # (B, T, T), stable: shifted by the row max
         return self.attn_weights @ self._v  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy: (B, T, hd) -> dx: (B, T, C); sets the grads of q_proj, k_proj and v_proj."""
         if self.attn_weights is None:
             raise RuntimeError(_NOT_YET)
         w = self.attn_weights
         dw = dy @ self._v.swapaxes(-1, -2)  # (B, T, hd) @ (B, hd, T) -> (B, T, T)
         dv = w.swapaxes(-1, -2) @ dy  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        ds = softmax_backward(dw, w)  # (B, T, T): ds_i = w_i * (dw_i - <dw_i, w_i>), row by row
+        # (B, T, T): ds_i = w_i * (dw_i - <dw_i, w_i>), row by row
+        ds = softmax_backward(dw, w)
         dq = ds @ self._k * self._scale  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        dk = ds.swapaxes(-1, -2) @ self._q * self._scale  # (B, T, T) @ (B, T, hd) -> (B, T, hd)
-        return self.q_proj.backward(dq) + self.k_proj.backward(dk) + self.v_proj.backward(dv)
+        # (B, T, T) @ (B, T, hd) -> (B, T, hd)
+        dk = ds.swapaxes(-1, -2) @ self._q * self._scale
+        return (
+            self.q_proj.backward(dq)
+            + self.k_proj.backward(dk)
+            + self.v_proj.backward(dv)
+        )
 
 
 class SequentialMHA:
@@ -129,51 +172,75 @@ class SequentialMHA:
     Inputs are cast to ``dtype`` (so a float64 x is rounded for a float32 model).
     """
 
-    def __init__(self, in_channels, n_heads, bias=False, seed=None, *, dtype=np.float32):
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        bias: bool = False,
+        seed: int | None = None,
+        *,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         C = self.in_channels = positive_int(in_channels, "in_channels")
         H = self.n_heads = positive_int(n_heads, "n_heads")
         if C % H:
             raise ValueError(f"in_channels ({C}) must be divisible by n_heads ({H})")
         rng = rng_from_seed(seed)
-        self.head_dim, self.bias, self.dtype = C // H, flag(bias, "bias"), float_dtype(dtype)
+        self.head_dim, self.bias, self.dtype = (
+            C // H,
+            flag(bias, "bias"),
+            float_dtype(dtype),
+        )
         hd = self.head_dim
-        self.heads = [Head(C, hd, self.bias, rng=None, dtype=self.dtype) for _ in range(H)]
+        self.heads = [
+            Head(C, hd, self.bias, rng=None, dtype=self.dtype) for _ in range(H)
+        ]
         self.out_proj = Linear(C, C, self.bias, rng=None, dtype=self.dtype)
 
         a = np.sqrt(6.0 / (C + 3 * C))
-        w_in = rng.uniform(-a, a, (3 * C, C))  # (3C, C): [q heads 0..H-1; k heads; v heads]
+        # (3C, C): [q heads 0..H-1; k heads; v heads]
+        w_in = rng.uniform(-a, a, (3 * C, C))
         for h, head in enumerate(self.heads):
             for j, lin in enumerate((head.q_proj, head.k_proj, head.v_proj)):
                 lin.w[...] = w_in[j * C + h * hd : j * C + (h + 1) * hd]  # (hd, C)
-        self.out_proj.w[...] = rng.uniform(-1 / np.sqrt(C), 1 / np.sqrt(C), (C, C))  # (C, C)
-        self._out_shape = None
+        # (C, C)
+        self.out_proj.w[...] = rng.uniform(-1 / np.sqrt(C), 1 / np.sqrt(C), (C, C))
+        self._out_shape: tuple[int, ...] | None = None
 
-    def __repr__(self):
-        return (f"SequentialMHA(in_channels={self.in_channels}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
-                f"bias={self.bias}, dtype={self.dtype})")
+    def __repr__(self) -> str:
+        return (
+            f"SequentialMHA(in_channels={self.in_channels}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+            f"bias={self.bias}, dtype={self.dtype})"
+        )
 
-    def parameters(self):
-        return [p for head in self.heads for p in head.parameters()] + self.out_proj.parameters()
+    def parameters(self) -> list[Parameter]:
+        return [
+            p for head in self.heads for p in head.parameters()
+        ] + self.out_proj.parameters()
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """x: (B, T, C) or (T, C) -> out of the same shape."""
-        x = as_float_array(x, "x", self.dtype).copy()  # the cache must not see later edits of x
+        # the cache must not see later edits of x
+        x = as_float_array(x, "x", self.dtype).copy()
         if x.ndim not in (2, 3) or x.shape[-1] != self.in_channels:
             raise ValueError(
                 f"x must have shape (B, T, {self.in_channels}) or (T, {self.in_channels}), "
                 f"got {x.shape}"
             )
         if x.shape[-2] == 0:
-            raise ValueError(f"x must have at least one time step (T >= 1), got shape {x.shape}")
+            raise ValueError(
+                f"x must have at least one time step (T >= 1), got shape {x.shape}"
+            )
         x3 = x if x.ndim == 3 else x[None]  # (T, C) -> (1, T, C)
-        cat = np.concatenate([head(x3) for head in self.heads], axis=-1)  # H x (B, T, hd) -> (B, T, C)
+        # H x (B, T, hd) -> (B, T, C)
+        cat = np.concatenate([head(x3) for head in self.heads], axis=-1)
         out = self.out_proj(cat)  # (B, T, C)
         self._out_shape = x.shape
         return out.reshape(x.shape)  # (1, T, C) -> (T, C) when unbatched
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> np.ndarray:
         """dy: shape of the last forward's output -> dx of the same shape; sets every .grad."""
         if self._out_shape is None:
             raise RuntimeError(_NOT_YET)
@@ -182,42 +249,51 @@ class SequentialMHA:
         dy3 = dy if dy.ndim == 3 else dy[None]  # (T, C) -> (1, T, C)
         dcat = self.out_proj.backward(dy3)  # (B, T, C)
         hd = self.head_dim
-        dx = sum(head.backward(dcat[..., h * hd : (h + 1) * hd])  # slice (B, T, hd) per head
-                 for h, head in enumerate(self.heads))
+        dx: np.ndarray = sum(  # type: ignore[assignment]  # a sum of arrays is an array
+            head.backward(dcat[..., h * hd : (h + 1) * hd])  # slice (B, T, hd) per head
+            for h, head in enumerate(self.heads)
+        )
         return dx.reshape(self._out_shape)  # (B, T, C), or (T, C) when unbatched
 
     @property
-    def attn_weights(self):
+    def attn_weights(self) -> np.ndarray | None:
         """(B, H, T, T) weights of the last forward, (H, T, T) if it was unbatched; or None."""
         if self._out_shape is None:
             return None
-        w = np.stack([head.attn_weights for head in self.heads], axis=1)  # H x (B, T, T) -> (B, H, T, T)
+        # H x (B, T, T) -> (B, H, T, T)
+        w = np.stack([np.asarray(head.attn_weights) for head in self.heads], axis=1)
         return w if len(self._out_shape) == 3 else w[0]
 
-    def in_proj_weight(self, grad=False):
+    def in_proj_weight(self, grad: bool = False) -> np.ndarray:
         """(3C, C) like torch's in_proj_weight (or its .grad): q rows, then k rows, then v rows."""
         return in_proj_weight(self, grad)
 
-    def in_proj_bias(self, grad=False):
+    def in_proj_bias(self, grad: bool = False) -> np.ndarray | None:
         """(3C,) like torch's in_proj_bias (or its .grad), or None when bias=False."""
         return in_proj_bias(self, grad)
 
 
-def _stack_in_proj(seq, attr, grad):
-    lins = [getattr(h, name) for name in ("q_proj", "k_proj", "v_proj") for h in seq.heads]
+def _stack_in_proj(seq: SequentialMHA, attr: str, grad: bool) -> np.ndarray | None:
+    lins = [
+        getattr(h, name) for name in ("q_proj", "k_proj", "v_proj") for h in seq.heads
+    ]
     params = [getattr(lin, attr) for lin in lins]
     if params[0] is None:
         return None
     if grad and any(p.grad is None for p in params):
-        raise RuntimeError("no gradients yet: call backward() before asking for grad=True")
+        raise RuntimeError(
+            "no gradients yet: call backward() before asking for grad=True"
+        )
     return np.concatenate([p.grad if grad else np.asarray(p) for p in params], axis=0)
 
 
-def in_proj_weight(seq, grad=False):
+def in_proj_weight(seq: SequentialMHA, grad: bool = False) -> np.ndarray:
     """(3C, C): every head's q_proj.w, then k_proj.w, then v_proj.w (or their grads)."""
-    return _stack_in_proj(seq, "w", grad)
+    w = _stack_in_proj(seq, "w", grad)
+    assert w is not None  # every Linear has a weight
+    return w
 
 
-def in_proj_bias(seq, grad=False):
+def in_proj_bias(seq: SequentialMHA, grad: bool = False) -> np.ndarray | None:
     """(3C,): the heads' q, k, v biases in the same order (or their grads); None if no bias."""
     return _stack_in_proj(seq, "b", grad)

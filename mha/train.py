@@ -15,17 +15,26 @@ after every step is recorded.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import positive_int, rng_from_seed
 from .losses import cross_entropy, cross_entropy_backward
 from .optim import Adam
+from .verify import max_abs_diff
+
+if TYPE_CHECKING:
+    from .model import TinyTransformer
+
+T = TypeVar("T")
 
 __all__ = ["SequenceTask", "fit", "accuracy", "IGNORE"]
 
-IGNORE = -100                                             # the target of a position that is not scored
+IGNORE = -100  # the target of a position that is not scored
 TASKS = ("reverse", "copy")
 
 
@@ -44,44 +53,54 @@ class SequenceTask:
     vocab_size: int
     offset: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in TASKS:
             raise ValueError(f"kind must be one of {TASKS}, got {self.kind!r}")
         positive_int(self.seq_len, "seq_len")
         positive_int(self.vocab_size, "vocab_size")
         if self.kind == "copy" and not 0 < self.offset < self.seq_len:
-            raise ValueError(f"offset must be in [1, seq_len) = [1, {self.seq_len}) for copy, got {self.offset}")
+            raise ValueError(
+                f"offset must be in [1, seq_len) = [1, {self.seq_len}) for copy, got {self.offset}"
+            )
 
     def targets(self, tokens: np.ndarray) -> np.ndarray:
         """The targets (N, L) of ``tokens`` (N, L)."""
         if self.kind == "reverse":
             return tokens[:, ::-1].copy()
         out = np.full_like(tokens, IGNORE)
-        out[:, self.offset:] = tokens[:, :-self.offset]
+        out[:, self.offset :] = tokens[:, : -self.offset]
         return out
 
-    def sample(self, n: int, rng, exclude=None):
+    def sample(
+        self,
+        n: int,
+        rng: int | np.random.Generator | None,
+        exclude: ArrayLike | frozenset[bytes] | set[bytes] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, targets)`` for ``n`` random sequences; none of them is a row of ``exclude``
         (an (M, L) array, or the set that ``_rows`` makes of one)."""
-        rng = rng_from_seed(rng, "rng")
-        tokens = rng.integers(0, self.vocab_size, size=(n, self.seq_len))
-        if exclude is not None and len(exclude):
+        gen = rng_from_seed(rng, "rng")
+        tokens = gen.integers(0, self.vocab_size, size=(n, self.seq_len))
+        if exclude is not None:
             seen = exclude if isinstance(exclude, (set, frozenset)) else _rows(exclude)
-            for i in range(n):
-                while tokens[i].tobytes() in seen:        # a held-out sequence: draw this row again
-                    tokens[i] = rng.integers(0, self.vocab_size, size=self.seq_len)
+            for i in range(n if seen else 0):
+                # a held-out sequence: draw this row again
+                while tokens[i].tobytes() in seen:
+                    tokens[i] = gen.integers(0, self.vocab_size, size=self.seq_len)
         return tokens, self.targets(tokens)
 
 
-def _rows(tokens) -> frozenset:
+def _rows(tokens: ArrayLike) -> frozenset[bytes]:
     return frozenset(row.tobytes() for row in np.asarray(tokens, dtype=np.int64))
 
 
-def accuracy(logits: np.ndarray, targets: np.ndarray, *, per_position: bool = False):
+def accuracy(
+    logits: ArrayLike, targets: np.ndarray, *, per_position: bool = False
+) -> float | np.ndarray:
     """Share of scored positions whose largest logit is the target (per position: an (L,) array)."""
     scored = targets != IGNORE
     right = (np.asarray(logits).argmax(axis=-1) == targets) & scored
-    if per_position:                                      # NaN where no position is scored
+    if per_position:  # NaN where no position is scored
         with np.errstate(invalid="ignore"):
             return right.sum(axis=0) / scored.sum(axis=0)
     return float(right.sum() / scored.sum())
@@ -93,16 +112,30 @@ class History:
 
     loss: np.ndarray
     torch_loss: np.ndarray | None = None
-    param_diff: dict[str, np.ndarray] | None = None     # name -> max |NumPy - torch| after each step
+    param_diff: dict[str, np.ndarray] | None = (
+        None  # name -> max |NumPy - torch| after each step
+    )
 
     @property
     def max_param_diff(self) -> np.ndarray:
         """After each step, the largest |NumPy - torch| over all parameters."""
+        if self.param_diff is None:
+            raise ValueError("no parameter differences: fit() was run without a twin")
         return np.max(np.stack(list(self.param_diff.values())), axis=0)
 
 
-def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: float = 3e-3, seed=0,
-        held_out: np.ndarray | None = None, twin=None, progress: bool | None = None) -> History:
+def fit(
+    model: TinyTransformer,
+    task: SequenceTask,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int | np.random.Generator | None = 0,
+    held_out: np.ndarray | None = None,
+    twin: Any = None,
+    progress: bool | None = None,
+) -> History:
     """Train ``model`` with :class:`mha.optim.Adam` on ``steps`` fresh batches of ``task``.
 
     Batches come from ``np.random.default_rng(seed)`` and avoid the rows of
@@ -114,18 +147,19 @@ def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: floa
     """
     steps = positive_int(steps, "steps")
     rng = rng_from_seed(seed)
-    held_out = None if held_out is None else _rows(held_out)
+    seen = None if held_out is None else _rows(held_out)
     optimizer = Adam(model.parameters(), lr=lr)
     losses = np.empty(steps)
     if twin is not None:
         import torch
 
-        from .model import from_torch
+        from .model_torch import from_torch
+
         torch_optimizer = torch.optim.Adam(twin.parameters(), lr=lr)
         torch_losses = np.empty(steps)
         diffs = {name: np.empty(steps) for name in model.parameters()}
     for step in _progress(range(steps), progress, desc=f"training ({task.kind})"):
-        tokens, targets = task.sample(batch_size, rng, exclude=held_out)
+        tokens, targets = task.sample(batch_size, rng, exclude=seen)
         logits = model(tokens)
         loss, cache = cross_entropy(logits, targets, ignore_index=IGNORE)
         optimizer.step(model.backward(cross_entropy_backward(1.0, cache)))
@@ -134,14 +168,16 @@ def fit(model, task: SequenceTask, *, steps: int, batch_size: int = 64, lr: floa
             torch_optimizer.zero_grad()
             V = model.vocab_size
             torch_loss = torch.nn.functional.cross_entropy(
-                twin(torch.from_numpy(tokens)).reshape(-1, V), torch.from_numpy(targets).reshape(-1),
-                ignore_index=IGNORE)
+                twin(torch.from_numpy(tokens)).reshape(-1, V),
+                torch.from_numpy(targets).reshape(-1),
+                ignore_index=IGNORE,
+            )
             torch_loss.backward()
             torch_optimizer.step()
             torch_losses[step] = torch_loss.item()
             theirs = from_torch(twin)
             for name, p in model.parameters().items():
-                diffs[name][step] = np.max(np.abs(p - theirs[name]))
+                diffs[name][step] = max_abs_diff(p, theirs[name])
     if twin is None:
         return History(losses)
     return History(losses, torch_losses, diffs)
@@ -163,13 +199,13 @@ def watched() -> bool:
     return sys.stderr.isatty()
 
 
-def _progress(iterable, show: bool | None, desc: str):
+def _progress(iterable: Iterable[T], show: bool | None, desc: str) -> Iterable[T]:
     if show is None:
         show = watched()
     if not show:
         return iterable
     try:
         from tqdm.std import tqdm  # the text bar: no widget library needed
-    except ImportError:                                   # tqdm is optional: train without a bar
+    except ImportError:  # tqdm is optional: train without a bar
         return iterable
     return tqdm(iterable, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)

@@ -21,12 +21,21 @@ import pytest
 
 import mha.functional as F
 from mha import MultiHeadAttention
-from mha.functional import attention_backward, attention_forward, softmax, softmax_backward
+from mha.functional import (
+    attention_backward,
+    attention_forward,
+    linear,
+    linear_backward,
+    merge_heads,
+    softmax,
+    softmax_backward,
+    split_heads,
+)
 
-STEP = 1e-6   # finite-difference step h
-TOL = 1e-6    # rtol = atol: error budget derived in the module docstring
+STEP = 1e-6  # finite-difference step h
+TOL = 1e-6  # rtol = atol: error budget derived in the module docstring
 
-E, HEADS, N, L, S = 8, 2, 2, 3, 4   # d_model, num_heads, batch, query length, key length
+E, HEADS, N, L, S = 8, 2, 2, 3, 4  # d_model, num_heads, batch, query length, key length
 
 
 def numeric_grad(loss, x: np.ndarray, h: float = STEP) -> np.ndarray:
@@ -50,10 +59,17 @@ def numeric_grad(loss, x: np.ndarray, h: float = STEP) -> np.ndarray:
 def check_grad(label: str, analytic, numeric, tol: float = TOL) -> None:
     """assert_allclose naming the gradient that was checked."""
     analytic = np.asarray(analytic)
-    assert analytic.shape == numeric.shape, f"{label}: analytic shape {analytic.shape} != numeric {numeric.shape}"
+    assert analytic.shape == numeric.shape, (
+        f"{label}: analytic shape {analytic.shape} != numeric {numeric.shape}"
+    )
     assert np.isfinite(analytic).all(), f"{label}: analytic gradient is not finite"
-    np.testing.assert_allclose(analytic, numeric, rtol=tol, atol=tol,
-                               err_msg=f"{label}: analytic gradient differs from central differences")
+    np.testing.assert_allclose(
+        analytic,
+        numeric,
+        rtol=tol,
+        atol=tol,
+        err_msg=f"{label}: analytic gradient differs from central differences",
+    )
 
 
 # ------------------------------------------------------------------ MultiHeadAttention
@@ -65,14 +81,16 @@ def _masks(rng, batched, S_, kind):
     if kind is None:
         return {}
     if kind == "float_attn_bool_kpm":
-        attn = rng.standard_normal((n * HEADS, L, S_))   # one float mask per sequence and head
-        attn[0, 0, 1] = -np.inf                          # a blocked pair inside a float mask
+        # one float mask per sequence and head
+        attn = rng.standard_normal((n * HEADS, L, S_))
+        attn[0, 0, 1] = -np.inf  # a blocked pair inside a float mask
         kpm = np.zeros((n, S_), dtype=bool)
-        kpm[0, -1] = True                                # first sequence: last key is padding
-        return dict(attn_mask=attn, key_padding_mask=kpm if batched else kpm[0])   # unbatched: (H, L, S), (S,)
+        kpm[0, -1] = True  # first sequence: last key is padding
+        # unbatched: (H, L, S), (S,)
+        return dict(attn_mask=attn, key_padding_mask=kpm if batched else kpm[0])
     if kind == "float_attn_2d":
         return dict(attn_mask=rng.standard_normal((L, S_)))
-    if kind == "fully_masked_row":                       # query 1 may attend no key: output is b_O there
+    if kind == "fully_masked_row":  # query 1 may attend no key: output is b_O there
         attn = np.zeros((L, S_), dtype=bool)
         attn[1] = True
         return dict(attn_mask=attn)
@@ -94,21 +112,40 @@ MODULE_CASES = [
     ("seq_first", {}, False, "seq_first", None),
     ("seq_first_self", {}, True, "seq_first", "float_attn_2d"),
     ("unbatched", {}, False, "unbatched", None),
-    ("unbatched_masks", dict(kdim=5, vdim=3), False, "unbatched", "float_attn_bool_kpm"),
+    (
+        "unbatched_masks",
+        dict(kdim=5, vdim=3),
+        False,
+        "unbatched",
+        "float_attn_bool_kpm",
+    ),
     ("fully_masked_row", {}, False, "batch_first", "fully_masked_row"),
-    ("everything", dict(kdim=5, vdim=3, add_bias_kv=True, add_zero_attn=True), False, "seq_first",
-     "float_attn_bool_kpm"),
+    (
+        "everything",
+        dict(kdim=5, vdim=3, add_bias_kv=True, add_zero_attn=True),
+        False,
+        "seq_first",
+        "float_attn_bool_kpm",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case_id, options, self_attention, layout, mask_kind", MODULE_CASES,
-                         ids=[c[0] for c in MODULE_CASES])
-def test_module_backward_matches_finite_differences(case_id, options, self_attention, layout, mask_kind):
+@pytest.mark.parametrize(
+    "case_id, options, self_attention, layout, mask_kind",
+    MODULE_CASES,
+    ids=[c[0] for c in MODULE_CASES],
+)
+def test_module_backward_matches_finite_differences(
+    case_id, options, self_attention, layout, mask_kind
+):
     rng = np.random.default_rng([c[0] for c in MODULE_CASES].index(case_id))
-    m = MultiHeadAttention(E, HEADS, dtype=np.float64, batch_first=layout != "seq_first", seed=1, **options)
+    m = MultiHeadAttention(
+        E, HEADS, dtype=np.float64, batch_first=layout != "seq_first", seed=1, **options
+    )
     for name, p in m.parameters().items():
         if name.startswith("b_"):
-            p[...] = rng.uniform(-0.5, 0.5, p.shape)     # zero biases would hide a bias-gradient bug
+            # zero biases would hide a bias-gradient bug
+            p[...] = rng.uniform(-0.5, 0.5, p.shape)
     S_ = L if self_attention else S
 
     def make(T, features):
@@ -122,12 +159,16 @@ def test_module_backward_matches_finite_differences(case_id, options, self_atten
     v = make(S_, m.vdim)
     kwargs = _masks(rng, layout != "unbatched", S_, mask_kind)
     if self_attention:
+
         def forward():
             return m(q, **kwargs)
+
         inputs = {"grad input (m(x))": q}
     else:
+
         def forward():
             return m(q, k, v, **kwargs)
+
         inputs = {"grad query": q, "grad key": k, "grad value": v}
 
     out = forward()
@@ -135,8 +176,9 @@ def test_module_backward_matches_finite_differences(case_id, options, self_atten
     grads_in = m.backward(G)
     grads_in = (grads_in,) if self_attention else grads_in
     analytic_params = {name: g.copy() for name, g in m.grads.items()}
-    assert set(analytic_params) == set(m.parameters()), \
+    assert set(analytic_params) == set(m.parameters()), (
         f"m.grads has {sorted(analytic_params)}, the module's parameters are {sorted(m.parameters())}"
+    )
 
     def loss():
         return float(np.sum(forward() * G))
@@ -144,7 +186,9 @@ def test_module_backward_matches_finite_differences(case_id, options, self_atten
     for (label, x), analytic in zip(inputs.items(), grads_in):
         check_grad(f"{case_id}: {label}", analytic, numeric_grad(loss, x))
     for name, p in m.parameters().items():
-        check_grad(f"{case_id}: grad {name}", analytic_params[name], numeric_grad(loss, p))
+        check_grad(
+            f"{case_id}: grad {name}", analytic_params[name], numeric_grad(loss, p)
+        )
 
 
 # ------------------------------------------------------------------ functional
@@ -159,8 +203,11 @@ def test_softmax_backward_matches_finite_differences(shape, axis):
     def loss():
         return float(np.sum(softmax(x, axis=axis) * G))
 
-    check_grad(f"softmax_backward shape={shape} axis={axis}", softmax_backward(G, softmax(x, axis=axis), axis=axis),
-               numeric_grad(loss, x))
+    check_grad(
+        f"softmax_backward shape={shape} axis={axis}",
+        softmax_backward(G, softmax(x, axis=axis), axis=axis),
+        numeric_grad(loss, x),
+    )
 
 
 def test_softmax_backward_with_blocked_entries():
@@ -175,7 +222,8 @@ def test_softmax_backward_with_blocked_entries():
         return float(np.sum(softmax(x) * G))
 
     analytic = softmax_backward(G, softmax(x))
-    numeric = numeric_grad(loss, x)   # -inf +- h stays -inf: the numeric derivative there is 0
+    # -inf +- h stays -inf: the numeric derivative there is 0
+    numeric = numeric_grad(loss, x)
     check_grad("softmax_backward with -inf logits", analytic, numeric)
     assert np.all(analytic[np.isneginf(x)] == 0)
 
@@ -194,9 +242,13 @@ def test_attention_backward_matches_finite_differences(shapes_id, scale):
     """dq, dk, dv of softmax(q k^T * scale + mask) v, with a float mask and broadcast batch axes."""
     q_shape, k_shape, v_shape, mask_shape = ATTENTION_SHAPES[shapes_id]
     rng = np.random.default_rng(list(ATTENTION_SHAPES).index(shapes_id))
-    q, k, v = rng.standard_normal(q_shape), rng.standard_normal(k_shape), rng.standard_normal(v_shape)
+    q, k, v = (
+        rng.standard_normal(q_shape),
+        rng.standard_normal(k_shape),
+        rng.standard_normal(v_shape),
+    )
     mask = rng.standard_normal(mask_shape)
-    mask[..., 0, 2] = -np.inf                            # one blocked key inside the float mask
+    mask[..., 0, 2] = -np.inf  # one blocked key inside the float mask
     out, cache = attention_forward(q, k, v, mask, scale)
     G = rng.standard_normal(out.shape)
     dq, dk, dv = attention_backward(G, cache)
@@ -205,7 +257,44 @@ def test_attention_backward_matches_finite_differences(shapes_id, scale):
         return float(np.sum(attention_forward(q, k, v, mask, scale)[0] * G))
 
     for label, analytic, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
-        check_grad(f"attention_backward {shapes_id} scale={scale}: {label}", analytic, numeric_grad(loss, x))
+        check_grad(
+            f"attention_backward {shapes_id} scale={scale}: {label}",
+            analytic,
+            numeric_grad(loss, x),
+        )
+
+
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("lead", [(), (2,), (2, 3)], ids=["1-D", "2-D", "3-D"])
+def test_linear_backward_matches_finite_differences(lead, has_bias):
+    """dx, dW, db of x @ W + b over any leading axes."""
+    rng = np.random.default_rng(len(lead))
+    x, W = rng.standard_normal((*lead, 4)), rng.standard_normal((4, 5))
+    b = rng.standard_normal(5) if has_bias else None
+    G = rng.standard_normal((*lead, 5))
+    dx, dW, db = linear_backward(G, x, W, has_bias)
+
+    def loss():
+        return float(np.sum(linear(x, W, b) * G))
+
+    pairs = [("dx", dx, x), ("dW", dW, W)] + ([("db", db, b)] if has_bias else [])
+    for label, analytic, arr in pairs:
+        check_grad(
+            f"linear_backward lead={lead}: {label}", analytic, numeric_grad(loss, arr)
+        )
+    assert has_bias or db is None
+
+
+def test_merge_heads_is_the_backward_of_split_heads():
+    """split_heads is a reshape and transpose: its gradient is merge_heads of the upstream one."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6))
+    G = rng.standard_normal((2, 2, 3, 3))  # (N, H, L, hd)
+
+    def loss():
+        return float(np.sum(split_heads(x, 2) * G))
+
+    check_grad("split_heads backward", merge_heads(G), numeric_grad(loss, x))
 
 
 # ------------------------------------------------------------------ the check can fail
@@ -227,18 +316,26 @@ def test_wrong_softmax_backward_is_caught():
 
     numeric = numeric_grad(loss, x)
     p = softmax(x)
-    check_grad("softmax_backward (right)", softmax_backward(G, p), numeric)   # the right one passes ...
+    # the right one passes ...
+    check_grad("softmax_backward (right)", softmax_backward(G, p), numeric)
     wrong = wrong_softmax_backward(G, p)
     error = np.max(np.abs(wrong - numeric))
-    assert error > 1e4 * TOL, f"p*(1-p)*dout is off by only {error:.3g}: the check would not tell it apart"
-    with pytest.raises(AssertionError, match="softmax_backward \\(wrong\\)"):   # ... the wrong one fails
+    assert error > 1e4 * TOL, (
+        f"p*(1-p)*dout is off by only {error:.3g}: the check would not tell it apart"
+    )
+    # ... the wrong one fails
+    with pytest.raises(AssertionError, match="softmax_backward \\(wrong\\)"):
         check_grad("softmax_backward (wrong)", wrong, numeric)
 
 
 def test_wrong_softmax_backward_breaks_attention_check(monkeypatch):
     """Put the wrong softmax backward inside attention_backward: dq and dk fail, dv (no softmax) still passes."""
     rng = np.random.default_rng(1)
-    q, k, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 3))
+    q, k, v = (
+        rng.standard_normal((2, 3, 4)),
+        rng.standard_normal((2, 5, 4)),
+        rng.standard_normal((2, 5, 3)),
+    )
     mask = rng.standard_normal((3, 5))
     out, cache = attention_forward(q, k, v, mask)
     G = rng.standard_normal(out.shape)
@@ -246,12 +343,20 @@ def test_wrong_softmax_backward_breaks_attention_check(monkeypatch):
     def loss():
         return float(np.sum(attention_forward(q, k, v, mask)[0] * G))
 
-    numeric = {"dq": numeric_grad(loss, q), "dk": numeric_grad(loss, k), "dv": numeric_grad(loss, v)}
+    numeric = {
+        "dq": numeric_grad(loss, q),
+        "dk": numeric_grad(loss, k),
+        "dv": numeric_grad(loss, v),
+    }
     monkeypatch.setattr(F, "softmax_backward", wrong_softmax_backward)
     dq, dk, dv = attention_backward(G, cache)
     for label, analytic in (("dq", dq), ("dk", dk)):
         error = np.max(np.abs(analytic - numeric[label]))
-        assert error > 1e3 * TOL, f"{label} with the wrong softmax backward is off by only {error:.3g}"
-        with pytest.raises(AssertionError, match=f"{label} with wrong softmax backward"):
+        assert error > 1e3 * TOL, (
+            f"{label} with the wrong softmax backward is off by only {error:.3g}"
+        )
+        with pytest.raises(
+            AssertionError, match=f"{label} with wrong softmax backward"
+        ):
             check_grad(f"{label} with wrong softmax backward", analytic, numeric[label])
     check_grad("dv with wrong softmax backward (does not use it)", dv, numeric["dv"])

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import entry_points, public_entry_points
 
+from mha import losses
 from mha.losses import cross_entropy, cross_entropy_backward, log_softmax
 
-TOL = {np.float32: 1e-6, np.float64: 1e-13}
+# Tighter than helpers.TOL (the layer's budget): a loss is one log-softmax and one reduction.
+LOSS_TOL = {np.float32: 1e-6, np.float64: 1e-13}
 
 
 def _case(shape, C, dtype, seed=0, ignore_share=0.0, ignore_index=-100):
@@ -27,7 +30,11 @@ def _torch_loss(logits, targets, dloss=None, **kwargs):
     loss = F.cross_entropy(z, torch.tensor(targets.reshape(-1)), **kwargs)
     if kwargs.get("reduction") == "none":
         loss = loss.reshape(targets.shape)
-    grad = torch.ones_like(loss) if dloss is None else torch.as_tensor(dloss, dtype=z.dtype)
+    grad = (
+        torch.ones_like(loss)
+        if dloss is None
+        else torch.as_tensor(dloss, dtype=z.dtype)
+    )
     loss.backward(grad)
     return loss.detach().numpy(), z.grad.numpy().reshape(logits.shape)
 
@@ -41,24 +48,36 @@ def test_matches_torch(dtype, reduction, label_smoothing, ignore_share):
     logits, targets = _case(shape, 5, dtype, ignore_share=ignore_share)
     assert ignore_share == 0 or (targets == -100).any()
     rng = np.random.default_rng(1)
-    dloss = rng.standard_normal(shape).astype(dtype) if reduction == "none" else np.asarray(0.7, dtype)
+    dloss = (
+        rng.standard_normal(shape).astype(dtype)
+        if reduction == "none"
+        else np.asarray(0.7, dtype)
+    )
     kwargs = dict(reduction=reduction, label_smoothing=label_smoothing)
+    tol = LOSS_TOL[dtype]
     loss, cache = cross_entropy(logits, targets, **kwargs)
     ref_loss, ref_grad = _torch_loss(logits, targets, dloss, **kwargs)
     assert loss.dtype == dtype and loss.shape == ref_loss.shape
-    np.testing.assert_allclose(loss, ref_loss, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
     grad = cross_entropy_backward(dloss, cache)
     assert grad.dtype == dtype
-    np.testing.assert_allclose(grad, ref_grad, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
 
 
 def test_other_ignore_index_and_one_dimensional_targets():
-    logits, targets = _case((9,), 4, np.float64, seed=3, ignore_share=0.4, ignore_index=2)
+    logits, targets = _case(
+        (9,), 4, np.float64, seed=3, ignore_share=0.4, ignore_index=2
+    )
     loss, cache = cross_entropy(logits, targets, ignore_index=2, label_smoothing=0.2)
-    ref_loss, ref_grad = _torch_loss(logits, targets, ignore_index=2, label_smoothing=0.2)
+    ref_loss, ref_grad = _torch_loss(
+        logits, targets, ignore_index=2, label_smoothing=0.2
+    )
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-13)
-    np.testing.assert_allclose(cross_entropy_backward(1.0, cache), ref_grad, rtol=1e-13, atol=1e-15)
-    assert not cross_entropy_backward(1.0, cache)[targets == 2].any()   # ignored rows get no gradient
+    np.testing.assert_allclose(
+        cross_entropy_backward(1.0, cache), ref_grad, rtol=1e-13, atol=1e-15
+    )
+    # ignored rows get no gradient
+    assert not cross_entropy_backward(1.0, cache)[targets == 2].any()
 
 
 def test_every_row_ignored_gives_nan_like_torch():
@@ -80,8 +99,12 @@ def test_large_logits_stay_finite():
 
 def test_log_softmax_matches_torch():
     logits, _ = _case((3, 4), 6, np.float64)
-    np.testing.assert_allclose(log_softmax(logits), F.log_softmax(torch.tensor(logits), -1).numpy(),
-                               rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(
+        log_softmax(logits),
+        F.log_softmax(torch.tensor(logits), -1).numpy(),
+        rtol=1e-14,
+        atol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
@@ -96,7 +119,10 @@ def test_gradient_equals_finite_differences(label_smoothing):
         up, down = logits.copy(), logits.copy()
         up[idx] += h
         down[idx] -= h
-        numeric[idx] = (cross_entropy(up, targets, **kwargs)[0] - cross_entropy(down, targets, **kwargs)[0]) / (2 * h)
+        numeric[idx] = (
+            cross_entropy(up, targets, **kwargs)[0]
+            - cross_entropy(down, targets, **kwargs)[0]
+        ) / (2 * h)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -123,16 +149,60 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("change, error, message", BAD_CALLS)
-def test_bad_input_is_named(change, error, message):
-    kwargs = dict(logits=np.zeros((2, 3, 5)), targets=np.zeros((2, 3), int))
-    kwargs.update(change)
+def _cross_entropy_with(change):
+    def call():
+        kwargs = dict(logits=np.zeros((2, 3, 5)), targets=np.zeros((2, 3), int))
+        kwargs.update(change)
+        return cross_entropy(kwargs.pop("logits"), kwargs.pop("targets"), **kwargs)
+
+    return call
+
+
+def _backward_of(reduction, dloss):
+    _, cache = cross_entropy(
+        np.zeros((2, 3, 5)), np.zeros((2, 3), int), reduction=reduction
+    )
+    return lambda: cross_entropy_backward(dloss, cache)
+
+
+BAD = [(_cross_entropy_with(change), e, m) for change, e, m in BAD_CALLS] + [
+    (_backward_of("none", 1.0), ValueError, r"dloss.*\(2, 3\).*\(\)"),
+    (_backward_of("mean", np.ones((2, 3))), ValueError, r"dloss.*scalar.*\(2, 3\)"),
+    (
+        lambda: log_softmax(np.zeros((2, 3), int)),
+        TypeError,
+        r"x must be a floating.*int64",
+    ),
+    (
+        lambda: log_softmax(np.zeros(3), axis=1),
+        ValueError,
+        r"axis must be in \[-1, 1\).*got 1",
+    ),
+    (
+        lambda: log_softmax(np.zeros(3), axis=0.5),
+        TypeError,
+        r"axis must be an int, got 0\.5",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+)
+def test_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
-        cross_entropy(kwargs.pop("logits"), kwargs.pop("targets"), **kwargs)
+        call()
+
+
+def test_every_function_of_the_module_has_a_bad_input_case():
+    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
+    assert public_entry_points(losses) <= entry_points(call for call, _, _ in BAD)
 
 
 def test_backward_checks_dloss_shape():
-    _, cache = cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 3), int), reduction="none")
+    _, cache = cross_entropy(
+        np.zeros((2, 3, 5)), np.zeros((2, 3), int), reduction="none"
+    )
     with pytest.raises(ValueError, match=r"dloss.*\(2, 3\).*\(\)"):
         cross_entropy_backward(1.0, cache)
     _, cache = cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 3), int))

@@ -15,16 +15,22 @@ def _layer_params(dtype, seed=0):
     return {name: p.copy() for name, p in layer.parameters().items()}
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6),
-    dict(lr=1e-2, weight_decay=0.1),
-    dict(lr=1e-2, betas=(0.0, 0.5), eps=0.0),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6),
+        dict(lr=1e-2, weight_decay=0.1),
+        dict(lr=1e-2, betas=(0.0, 0.5), eps=0.0),
+    ],
+)
 def test_100_steps_match_torch_in_float64(options):
     params = _layer_params(np.float64)
     tensors = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
-    ours, theirs = Adam(params, **options), torch.optim.Adam(list(tensors.values()), **options)
+    ours, theirs = (
+        Adam(params, **options),
+        torch.optim.Adam(list(tensors.values()), **options),
+    )
     rng = np.random.default_rng(7)
     for _ in range(100):
         # gradients that depend on the parameters, as in training, plus noise
@@ -35,7 +41,9 @@ def test_100_steps_match_torch_in_float64(options):
         theirs.step()
     assert ours.t == 100
     for n, p in params.items():
-        np.testing.assert_allclose(p, tensors[n].detach().numpy(), rtol=0, atol=1e-12, err_msg=n)
+        np.testing.assert_allclose(
+            p, tensors[n].detach().numpy(), rtol=0, atol=1e-12, err_msg=n
+        )
 
 
 def test_same_gradients_float64_agree_to_rounding_and_float32_within_float32():
@@ -45,7 +53,9 @@ def test_same_gradients_float64_agree_to_rounding_and_float32_within_float32():
         ours, theirs = Adam(params, lr=1e-2), torch.optim.Adam(tensors, lr=1e-2)
         rng = np.random.default_rng(2)
         for _ in range(100):
-            grads = {n: rng.standard_normal(p.shape).astype(dtype) for n, p in params.items()}
+            grads = {
+                n: rng.standard_normal(p.shape).astype(dtype) for n, p in params.items()
+            }
             ours.step(grads)
             for t, g in zip(tensors, grads.values()):
                 t.grad = torch.tensor(g)
@@ -60,7 +70,8 @@ def test_parameters_are_updated_in_place():
     before = layer.W_Q.copy()
     opt = Adam(layer.parameters(), lr=0.1)
     opt.step({n: np.ones_like(p) for n, p in layer.parameters().items()})
-    np.testing.assert_allclose(layer.W_Q, before - 0.1)   # first step: lr * sign(g) (up to eps)
+    # first step: lr * sign(g) (up to eps)
+    np.testing.assert_allclose(layer.W_Q, before - 0.1)
     assert opt.state["W_Q"]["m"].shape == before.shape
 
 
@@ -71,16 +82,19 @@ def test_grads_are_not_modified():
     assert all(np.array_equal(g, np.ones_like(g)) for g in grads.values())
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(lr=-1e-3), ValueError, r"lr.*non-negative.*-0\.001"),
-    (dict(lr=float("nan")), ValueError, r"lr.*nan"),
-    (dict(lr="0.1"), TypeError, r"lr.*'0\.1'"),
-    (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\].*\[0, 1\).*1\.0"),
-    (dict(betas=(-0.1, 0.9)), ValueError, r"betas\[0\].*-0\.1"),
-    (dict(betas=0.9), TypeError, r"betas.*pair.*0\.9"),
-    (dict(eps=-1.0), ValueError, r"eps.*-1\.0"),
-    (dict(weight_decay=-0.1), ValueError, r"weight_decay.*-0\.1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(lr=-1e-3), ValueError, r"lr.*non-negative.*-0\.001"),
+        (dict(lr=float("nan")), ValueError, r"lr.*nan"),
+        (dict(lr="0.1"), TypeError, r"lr.*'0\.1'"),
+        (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\].*\[0, 1\).*1\.0"),
+        (dict(betas=(-0.1, 0.9)), ValueError, r"betas\[0\].*-0\.1"),
+        (dict(betas=0.9), TypeError, r"betas.*pair.*0\.9"),
+        (dict(eps=-1.0), ValueError, r"eps.*-1\.0"),
+        (dict(weight_decay=-0.1), ValueError, r"weight_decay.*-0\.1"),
+    ],
+)
 def test_bad_hyper_parameters(kwargs, error, message):
     with pytest.raises(error, match=message):
         Adam(_layer_params(np.float64), **kwargs)
@@ -113,4 +127,5 @@ def test_missing_or_misshapen_gradient():
         opt.step({**grads, "W_Q": np.zeros((8, 8), dtype=np.int64)})
     with pytest.raises(TypeError, match=r"grads.*dict.*list"):
         opt.step(list(grads.values()))
-    assert opt.t == 0 and all(not s["m"].any() for s in opt.state.values())   # a refused step changes nothing
+    # a refused step changes nothing
+    assert opt.t == 0 and all(not s["m"].any() for s in opt.state.values())

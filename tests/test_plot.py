@@ -136,7 +136,9 @@ def test_attention_map_per_head_into_given_axes():
     fig, given = plt.subplots(1, 2)
     out_fig, axes = plot.attention_map(np.ones((2, 2, 2)) / 2, ax=given)
     assert out_fig is fig and list(axes) == list(given)
-    with pytest.raises(ValueError, match=r"ax must hold one Axes per head \(3\).*got 2"):
+    with pytest.raises(
+        ValueError, match=r"ax must hold one Axes per head \(3\).*got 2"
+    ):
         plot.attention_map(np.ones((3, 2, 2)), ax=given)
 
 
@@ -158,8 +160,11 @@ def test_attention_map_rejects_bad_shapes(weights, message):
 
 def test_attention_map_rejects_bad_labels_and_values():
     w = np.ones((2, 3)) / 3
-    with pytest.raises(ValueError, match=r"query_labels must have one label per query "
-                                         r"position \(2\), got 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"query_labels must have one label per query "
+        r"position \(2\), got 3",
+    ):
         plot.attention_map(w, query_labels=["a", "b", "c"])
     with pytest.raises(ValueError, match=r"key_labels .* \(3\), got 2"):
         plot.attention_map(w, key_labels=["a", "b"])
@@ -173,11 +178,17 @@ def test_attention_map_rejects_bad_labels_and_values():
         plot.attention_map(w, vmin=0.5, vmax=0.5)
 
 
-def test_attention_map_rejects_tensor_requiring_grad_with_hint():
+def test_attention_map_takes_a_tensor_requiring_grad():
+    """Converted by mha.verify.as_float64 (detached, on the CPU), like every comparison's input."""
     torch = pytest.importorskip("torch")
-    t = torch.ones(2, 2, requires_grad=True)
-    with pytest.raises(TypeError, match="weights must be array-like .*detach"):
-        plot.attention_map(t)
+    t = torch.tensor([[0.25, 0.75], [1.0, 0.0]], requires_grad=True)
+    _, ax = plot.attention_map(t)
+    np.testing.assert_array_equal(ax.images[0].get_array(), t.detach().numpy())
+
+
+def test_attention_map_refuses_a_ragged_list_by_name():
+    with pytest.raises(TypeError, match="weights must be array-like, got list"):
+        plot.attention_map([[0.5, 0.5], [1.0]])
 
 
 # ---------------------------------------------------------------- error_heatmap
@@ -210,8 +221,9 @@ def test_error_heatmap_computes_in_float64():
 def test_error_heatmap_title_labels_and_linear_scale():
     a = np.array([[1.0, 2.0], [3.0, 4.0]])
     b = np.array([[1.0, 2.5], [3.0, 3.0]])
-    _, ax = plot.error_heatmap(a, b, title="layer 0", xlabel="dim", ylabel="pos",
-                               log=False)
+    _, ax = plot.error_heatmap(
+        a, b, title="layer 0", xlabel="dim", ylabel="pos", log=False
+    )
     assert ax.get_title() == "layer 0\nmax |diff| = 1.00e+00"
     assert ax.get_xlabel() == "dim" and ax.get_ylabel() == "pos"
     assert not isinstance(ax.images[0].norm, LogNorm)
@@ -270,32 +282,57 @@ def test_error_heatmap_tolerance_marker():
 def test_error_heatmap_shared_range_puts_panels_on_one_scale():
     small, large = np.array([[0.0, 1e-7, 1e-6]]), np.array([[1e-3, 1e-1, 0.0]])
     _, ax_small = plot.error_heatmap(small, np.zeros_like(small), vmin=1e-8, vmax=1.0)
-    _, ax_large = plot.error_heatmap(large, np.zeros_like(large), vmin=1e-8, vmax=1.0, tol=1e-5)
+    _, ax_large = plot.error_heatmap(
+        large, np.zeros_like(large), vmin=1e-8, vmax=1.0, tol=1e-5
+    )
     for ax in (ax_small, ax_large):
         assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (1e-8, 1.0)
-    np.testing.assert_array_equal(ax_small.images[0].get_array(), [[1e-8, 1e-7, 1e-6]])   # zeros at vmin
+    # zeros at vmin
+    np.testing.assert_array_equal(ax_small.images[0].get_array(), [[1e-8, 1e-7, 1e-6]])
     _, ax_lin = plot.error_heatmap(large, np.zeros_like(large), log=False, vmax=0.5)
     assert (ax_lin.images[0].norm.vmin, ax_lin.images[0].norm.vmax) == (0.0, 0.5)
 
 
 def test_error_range_spans_every_panel_as_the_heatmap_draws_it():
-    small, large = np.array([[0.0, 1e-7, 1e-6]]), np.array([[[1e-3, 1e-1, 0.0]], [[2e-3, 0.5, 0.0]]])
-    scale = plot.error_range((small, np.zeros_like(small)), (large, np.zeros_like(large)))
+    small, large = (
+        np.array([[0.0, 1e-7, 1e-6]]),
+        np.array([[[1e-3, 1e-1, 0.0]], [[2e-3, 0.5, 0.0]]]),
+    )
+    scale = plot.error_range(
+        (small, np.zeros_like(small)), (large, np.zeros_like(large))
+    )
     assert scale == {"vmin": 1e-7, "vmax": 0.5}
-    assert plot.error_range((small, np.zeros_like(small)), tol=1e-5) == {"vmin": 1e-7, "vmax": 2e-5}
-    assert plot.error_range((large, np.zeros_like(large)), log=False) == {"vmin": 0.0, "vmax": 0.5}
+    assert plot.error_range((small, np.zeros_like(small)), tol=1e-5) == {
+        "vmin": 1e-7,
+        "vmax": 2e-5,
+    }
+    assert plot.error_range((large, np.zeros_like(large)), log=False) == {
+        "vmin": 0.0,
+        "vmax": 0.5,
+    }
     _, ax = plot.error_heatmap(small, np.zeros_like(small), **scale)
     assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (1e-7, 0.5)
     with pytest.raises(ValueError, match="error_range needs at least one"):
         plot.error_range()
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    ({"vmin": 0.0}, ValueError, "vmin must be a positive finite number, got 0.0"),
-    ({"vmax": float("inf")}, ValueError, "vmax must be a positive finite number, got inf"),
-    ({"vmin": "1e-8"}, TypeError, "vmin must be a number, got str"),
-    ({"vmin": 1.0, "vmax": 1e-3}, ValueError, "vmin must be below vmax, got vmin=1.0 and vmax=0.001"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"vmin": 0.0}, ValueError, "vmin must be a positive finite number, got 0.0"),
+        (
+            {"vmax": float("inf")},
+            ValueError,
+            "vmax must be a positive finite number, got inf",
+        ),
+        ({"vmin": "1e-8"}, TypeError, "vmin must be a number, got str"),
+        (
+            {"vmin": 1.0, "vmax": 1e-3},
+            ValueError,
+            "vmin must be below vmax, got vmin=1.0 and vmax=0.001",
+        ),
+    ],
+)
 def test_error_heatmap_refuses_a_bad_range(kwargs, exc, match):
     with pytest.raises(exc, match=re.escape(match)):
         plot.error_heatmap(np.ones((2, 2)), np.zeros((2, 2)), **kwargs)
@@ -309,14 +346,19 @@ def test_error_heatmap_nan_difference_is_reported_not_crashing():
 
 
 def test_error_heatmap_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"same shape, got actual \(2, 3\) and "
-                                         r"expected \(3, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"same shape, got actual \(2, 3\) and "
+        r"expected \(3, 2\)",
+    ):
         plot.error_heatmap(np.ones((2, 3)), np.ones((3, 2)))
     with pytest.raises(ValueError, match="must not be empty"):
         plot.error_heatmap(np.ones((0, 2)), np.ones((0, 2)))
     with pytest.raises(TypeError, match="expected must hold real numbers"):
         plot.error_heatmap(np.ones(2), np.array(["a", "b"]))
-    with pytest.raises(ValueError, match="tol must be a positive finite number, got -1"):
+    with pytest.raises(
+        ValueError, match="tol must be a positive finite number, got -1"
+    ):
         plot.error_heatmap(np.ones(2), np.ones(2), tol=-1.0)
     with pytest.raises(TypeError, match="tol must be a number, got str"):
         plot.error_heatmap(np.ones(2), np.ones(2), tol="1e-5")
@@ -355,5 +397,7 @@ def test_exact_zeros_take_the_bottom_colour_when_tol_widens_the_bar():
     image = ax.images[0]
     shown = np.asarray(image.get_array())
     assert image.norm.vmin == pytest.approx(5e-6)
-    assert shown[0, 0] == pytest.approx(image.norm.vmin) and shown[1, 1] == pytest.approx(image.norm.vmin)
+    assert shown[0, 0] == pytest.approx(image.norm.vmin) and shown[
+        1, 1
+    ] == pytest.approx(image.norm.vmin)
     assert shown[0, 1] == pytest.approx(1e-3)

@@ -21,7 +21,9 @@ from mha import MultiHeadAttention, load_weights_from_pytorch
 def test_lab_example_code_as_written():
     torch.manual_seed(0)
     np.random.seed(0)
-    pytorch_mha = nn.MultiheadAttention(embed_dim=64, num_heads=8, batch_first=True, bias=False)
+    pytorch_mha = nn.MultiheadAttention(
+        embed_dim=64, num_heads=8, batch_first=True, bias=False
+    )
     numpy_mha = MultiHeadAttention(d_model=64, num_heads=8)
     load_weights_from_pytorch(numpy_mha, pytorch_mha)
     x_np = np.random.randn(2, 10, 64).astype(np.float32)
@@ -52,7 +54,9 @@ def test_lab_milestone_backward():
     out = numpy_mha(x)
     g = rng.standard_normal(out.shape).astype(np.float32)
     dx = numpy_mha.backward(g)
-    t_out, _, (t_dx,), t_grads = torch_run(pytorch_mha, x, None, None, g, self_attention=True, need_weights=False)
+    t_out, _, (t_dx,), t_grads = torch_run(
+        pytorch_mha, x, None, None, g, self_attention=True, need_weights=False
+    )
     assert_close("output", out, t_out, 1e-5)
     assert_close("grad input", dx, t_dx, 1e-5)
     state = mha.torch_state_dict(numpy_mha, grads=True)
@@ -71,16 +75,38 @@ def test_sequential_seed_scenario_through_the_fused_module():
     out_seq, out_fused = seq(x), fused(x)
     dx_seq, dx_fused = seq.backward(dy), fused.backward(dy)
     torch_mha = mha.to_pytorch(fused)
-    t_out, _, (t_dx,), t_grads = torch_run(torch_mha, x, None, None, dy, self_attention=True, need_weights=False)
+    t_out, _, (t_dx,), t_grads = torch_run(
+        torch_mha, x, None, None, dy, self_attention=True, need_weights=False
+    )
     assert_close("sequential output", out_seq, t_out, 1e-5)
     assert_close("fused output", out_fused, t_out, 1e-5)
     assert_close("sequential grad input", dx_seq, t_dx, 1e-5)
     assert_close("fused grad input", dx_fused, t_dx, 1e-5)
-    assert_close("sequential in_proj_weight grad", seq.in_proj_weight(grad=True), t_grads["in_proj_weight"], 1e-5)
-    assert_close("sequential out_proj grad", seq.out_proj.w.grad, t_grads["out_proj.weight"], 1e-5)
+    assert_close(
+        "sequential in_proj_weight grad",
+        seq.in_proj_weight(grad=True),
+        t_grads["in_proj_weight"],
+        1e-5,
+    )
+    assert_close(
+        "sequential out_proj grad",
+        seq.out_proj.w.grad,
+        t_grads["out_proj.weight"],
+        1e-5,
+    )
     state = mha.torch_state_dict(fused, grads=True)
-    assert_close("fused in_proj_weight grad", state["in_proj_weight"], t_grads["in_proj_weight"], 1e-5)
-    assert_close("fused out_proj grad", state["out_proj.weight"], t_grads["out_proj.weight"], 1e-5)
+    assert_close(
+        "fused in_proj_weight grad",
+        state["in_proj_weight"],
+        t_grads["in_proj_weight"],
+        1e-5,
+    )
+    assert_close(
+        "fused out_proj grad",
+        state["out_proj.weight"],
+        t_grads["out_proj.weight"],
+        1e-5,
+    )
 
 
 def test_sequential_and_fused_convert_both_ways():
@@ -96,4 +122,6 @@ def test_sequential_and_fused_convert_both_ways():
         np.testing.assert_allclose(back(x), seq(x), rtol=0, atol=1e-13)
         np.testing.assert_array_equal(back.in_proj_weight(), seq.in_proj_weight())
         # the seed's order: torch's in_proj_weight is every q head, then every k head, then every v head
-        np.testing.assert_array_equal(mha.torch_state_dict(fused)["in_proj_weight"], seq.in_proj_weight())
+        np.testing.assert_array_equal(
+            mha.torch_state_dict(fused)["in_proj_weight"], seq.in_proj_weight()
+        )

@@ -3,136 +3,84 @@
 Each case compares, in this order and under its own label: the output, the
 returned attention weights, the input gradients and every parameter
 gradient (``torch_state_dict(grads=True)`` against ``.grad``), with
-non-zero biases, float32 within 1e-5 and float64 within 1e-10.
+non-zero biases, float32 within 1e-5 and float64 within 1e-10. The cases and
+:func:`helpers.check_case` live in ``tests/helpers.py`` (test_parallel.py runs them threaded).
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close, matching_pair, to_torch, tol_for, torch_run
+from helpers import (
+    CONSTRUCTOR,
+    LAYOUTS,
+    MASKS,
+    E,
+    H,
+    L,
+    N,
+    S,
+    assert_close,
+    check_case,
+    matching_pair,
+    option_ids,
+    to_torch,
+    torch_run,
+)
 
 import mha
-
-E, H = 16, 4          # d_model, num_heads
-N, L, S = 3, 5, 7     # batch, query length, key length (L != S for cross-attention)
-
-CONSTRUCTOR = [
-    dict(bias=bias, add_bias_kv=bkv, add_zero_attn=zero, **dims)
-    for bias, bkv, zero, dims in itertools.product(
-        (True, False), (False, True), (False, True), ({}, {"kdim": 6, "vdim": 10}))
-]
-MASKS = ["none", "kpm_bool", "kpm_float", "attn2d_bool", "attn2d_float", "attn3d_bool", "attn3d_float",
-         "causal", "kpm_and_attn"]
-LAYOUTS = ["batch_first", "seq_first", "unbatched"]
-
-
-def _ids(options):
-    return "-".join(f"{k}={v}" for k, v in options.items()) or "default"
-
-
-def make_masks(kind, rng, n, L, S, batched, dtype):
-    """(kwargs for our forward, kwargs for torch's forward): no row is fully masked."""
-    n_mask = n if batched else 1
-    kpm = np.zeros((n_mask, S), dtype=bool)
-    kpm[0, -2:] = True                                   # first sequence: last two keys are padding
-    blocked = rng.random((H * n_mask, L, S)) < 0.3
-    blocked[..., 0] = False                              # every query keeps key 0
-    if not batched:
-        kpm = kpm[0]
-    ours = {}
-    if kind in ("kpm_bool", "kpm_and_attn"):
-        ours["key_padding_mask"] = kpm
-    if kind == "kpm_float":
-        ours["key_padding_mask"] = np.where(kpm, -np.inf, rng.standard_normal(kpm.shape)).astype(dtype)
-    if kind in ("attn2d_bool", "kpm_and_attn"):
-        ours["attn_mask"] = blocked[0]
-    if kind == "attn2d_float":
-        ours["attn_mask"] = rng.standard_normal((L, S)).astype(dtype)
-    if kind == "attn3d_bool":
-        ours["attn_mask"] = blocked
-    if kind == "attn3d_float":
-        ours["attn_mask"] = np.where(blocked, -1e4, rng.standard_normal(blocked.shape)).astype(dtype)
-    theirs = dict(ours)
-    if kind == "causal":
-        ours["is_causal"] = True
-        theirs["attn_mask"] = np.triu(np.ones((L, S), dtype=bool), k=1)   # the explicit mask is the reference
-    return ours, theirs
-
-
-def make_inputs(rng, layout, self_attention, kdim, vdim, dtype):
-    S_ = L if self_attention else S
-    q = rng.standard_normal((N, L, E))
-    k = rng.standard_normal((N, S_, kdim))
-    v = rng.standard_normal((N, S_, vdim))
-    if layout == "seq_first":
-        q, k, v = (a.transpose(1, 0, 2).copy() for a in (q, k, v))
-    if layout == "unbatched":
-        q, k, v = q[0], k[0], v[0]
-    return q.astype(dtype), k.astype(dtype), v.astype(dtype), S_
-
-
-def check_case(options, mask_kind, layout, dtype, self_attention, average, seed):
-    rng = np.random.default_rng(seed)
-    options = dict(options, batch_first=layout != "seq_first")
-    numpy_mha, torch_mha = matching_pair(E, H, dtype=dtype, seed=seed, **options)
-    tol = tol_for(dtype)
-    q, k, v, S_ = make_inputs(rng, layout, self_attention, numpy_mha.kdim, numpy_mha.vdim, dtype)
-    ours_kw, theirs_kw = make_masks(mask_kind, rng, N, L, S_, layout != "unbatched", dtype)
-    if self_attention:
-        out, weights = numpy_mha(q, need_weights=True, average_attn_weights=average, **ours_kw)
-    else:
-        out, weights = numpy_mha(q, k, v, need_weights=True, average_attn_weights=average, **ours_kw)
-    grad_out = rng.standard_normal(out.shape).astype(dtype)
-    grads_in = numpy_mha.backward(grad_out)
-    assert out.dtype == dtype and weights.dtype == dtype
-
-    # torch's weights come from its need_weights=True route ...
-    t_out_w, t_weights, _, _ = torch_run(torch_mha, q, k, v, self_attention=self_attention, need_weights=True,
-                                         average_attn_weights=average, **theirs_kw)
-    assert_close("output (torch need_weights=True route)", out, t_out_w, tol)
-    assert_close("attention weights", weights, t_weights, tol)
-    # ... and its gradients from the SDPA route it takes by default.
-    t_out, _, t_grads_in, t_grads = torch_run(torch_mha, q, k, v, grad_out, self_attention=self_attention,
-                                             need_weights=False, **theirs_kw)
-    assert_close("output", out, t_out, tol)
-    if self_attention:
-        assert_close("grad input", grads_in, t_grads_in[0], tol)
-    else:
-        for label, ours, theirs in zip(("grad query", "grad key", "grad value"), grads_in, t_grads_in):
-            assert_close(label, ours, theirs, tol)
-    state = mha.torch_state_dict(numpy_mha, grads=True)
-    assert set(state) == set(t_grads), "parameter names differ from torch's"
-    for name, theirs in t_grads.items():
-        assert_close(f"grad {name}", state[name], theirs, tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("mask_kind", MASKS)
-@pytest.mark.parametrize("options", CONSTRUCTOR, ids=_ids)
+@pytest.mark.parametrize("options", CONSTRUCTOR, ids=option_ids)
 def test_options_and_masks_cross_attention(options, mask_kind, dtype):
     """Cross-attention, L != S, every constructor option with every mask (layout cycles)."""
     i = CONSTRUCTOR.index(options) + MASKS.index(mask_kind)
-    check_case(options, mask_kind, LAYOUTS[i % 3], dtype, self_attention=False, average=bool(i % 2), seed=i)
+    check_case(
+        options,
+        mask_kind,
+        LAYOUTS[i % 3],
+        dtype,
+        self_attention=False,
+        average=bool(i % 2),
+        seed=i,
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mask_kind", MASKS)
-@pytest.mark.parametrize("options", [o for o in CONSTRUCTOR if "kdim" not in o], ids=_ids)
+@pytest.mark.parametrize(
+    "options", [o for o in CONSTRUCTOR if "kdim" not in o], ids=option_ids
+)
 def test_options_and_masks_self_attention(options, mask_kind, layout, dtype):
     """Self-attention m(x): one input, one gradient; every option, mask and layout."""
     i = CONSTRUCTOR.index(options) + MASKS.index(mask_kind) + LAYOUTS.index(layout)
-    check_case(options, mask_kind, layout, dtype, self_attention=True, average=bool(i % 2), seed=100 + i)
+    check_case(
+        options,
+        mask_kind,
+        layout,
+        dtype,
+        self_attention=True,
+        average=bool(i % 2),
+        seed=100 + i,
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("average", [True, False])
 def test_cross_attention_every_layout(layout, average):
-    check_case({"kdim": 6, "vdim": 10}, "kpm_and_attn", layout, np.float64, False, average, seed=7)
+    check_case(
+        {"kdim": 6, "vdim": 10},
+        "kpm_and_attn",
+        layout,
+        np.float64,
+        False,
+        average,
+        seed=7,
+    )
 
 
 def test_same_array_three_times_gives_three_gradients():
@@ -143,15 +91,23 @@ def test_same_array_three_times_gives_three_gradients():
     out = numpy_mha(x, x, x)
     g = rng.standard_normal(out.shape)
     gq, gk, gv = numpy_mha.backward(g)
-    t_out, _, (t_dx,), _ = torch_run(torch_mha, x, None, None, g, self_attention=True, need_weights=False)
+    t_out, _, (t_dx,), _ = torch_run(
+        torch_mha, x, None, None, g, self_attention=True, need_weights=False
+    )
     assert_close("output", out, t_out, 1e-10)
     assert_close("grad query + key + value", gq + gk + gv, t_dx, 1e-10)
     _, _, (t_gq, t_gk, t_gv), _ = torch_run(torch_mha, x, x, x, g, need_weights=False)
-    for label, ours, theirs in (("grad query", gq, t_gq), ("grad key", gk, t_gk), ("grad value", gv, t_gv)):
+    for label, ours, theirs in (
+        ("grad query", gq, t_gq),
+        ("grad key", gk, t_gk),
+        ("grad value", gv, t_gv),
+    ):
         assert_close(label, ours, theirs, 1e-10)
 
 
-@pytest.mark.parametrize("options", [{}, {"add_bias_kv": True}, {"add_zero_attn": True}], ids=_ids)
+@pytest.mark.parametrize(
+    "options", [{}, {"add_bias_kv": True}, {"add_zero_attn": True}], ids=option_ids
+)
 def test_fully_masked_query_gives_zero_attention(options):
     """A query with every key masked: zero attention, output b_O, no NaN, gradients finite.
 
@@ -161,43 +117,87 @@ def test_fully_masked_query_gives_zero_attention(options):
     """
     numpy_mha, torch_mha = matching_pair(E, H, dtype=np.float64, seed=5, **options)
     rng = np.random.default_rng(5)
-    q, k, v = rng.standard_normal((N, L, E)), rng.standard_normal((N, S, E)), rng.standard_normal((N, S, E))
+    q, k, v = (
+        rng.standard_normal((N, L, E)),
+        rng.standard_normal((N, S, E)),
+        rng.standard_normal((N, S, E)),
+    )
     attn_mask = np.zeros((L, S), dtype=bool)
-    attn_mask[1] = True                                   # query 1 may attend no key
+    attn_mask[1] = True  # query 1 may attend no key
     out, weights = numpy_mha(q, k, v, attn_mask=attn_mask, need_weights=True)
     g = rng.standard_normal(out.shape)
     grads = numpy_mha.backward(g)
     assert not np.isnan(out).any() and not np.isnan(weights).any()
     assert all(np.isfinite(a).all() for a in grads)
-    t_out, _, t_grads_in, t_grads = torch_run(torch_mha, q, k, v, g, need_weights=False, attn_mask=attn_mask)
+    t_out, _, t_grads_in, t_grads = torch_run(
+        torch_mha, q, k, v, g, need_weights=False, attn_mask=attn_mask
+    )
     assert_close("output (torch SDPA route)", out, t_out, 1e-10)
-    for label, ours, theirs in zip(("grad query", "grad key", "grad value"), grads, t_grads_in):
+    for label, ours, theirs in zip(
+        ("grad query", "grad key", "grad value"), grads, t_grads_in
+    ):
         assert_close(label, ours, theirs, 1e-10)
     for name, theirs in t_grads.items():
-        assert_close(f"grad {name}", mha.torch_state_dict(numpy_mha, grads=True)[name], theirs, 1e-10)
-    t_out_w, t_weights, _, _ = torch_run(torch_mha, q, k, v, need_weights=True, attn_mask=attn_mask)
+        assert_close(
+            f"grad {name}",
+            mha.torch_state_dict(numpy_mha, grads=True)[name],
+            theirs,
+            1e-10,
+        )
+    t_out_w, t_weights, _, _ = torch_run(
+        torch_mha, q, k, v, need_weights=True, attn_mask=attn_mask
+    )
     if options:
         assert_close("output (need_weights route)", out, t_out_w, 1e-10)
         assert_close("weights", weights, t_weights, 1e-10)
     else:
         np.testing.assert_array_equal(weights[:, 1], 0.0)
-        np.testing.assert_allclose(out[:, 1], np.broadcast_to(numpy_mha.b_O, (N, E)), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            out[:, 1], np.broadcast_to(numpy_mha.b_O, (N, E)), rtol=0, atol=1e-12
+        )
         assert torch.isnan(t_weights[:, 1]).all() and torch.isnan(t_out_w[:, 1]).all()
-        assert_close("other rows (need_weights route)", np.delete(out, 1, axis=1), np.delete(t_out_w.numpy(), 1, axis=1), 1e-10)
+        assert_close(
+            "other rows (need_weights route)",
+            np.delete(out, 1, axis=1),
+            np.delete(t_out_w.numpy(), 1, axis=1),
+            1e-10,
+        )
 
 
-@pytest.mark.parametrize("options", [{"add_bias_kv": True}, {"add_zero_attn": True}], ids=_ids)
+@pytest.mark.parametrize(
+    "options", [{"add_bias_kv": True}, {"add_zero_attn": True}], ids=option_ids
+)
 def test_is_causal_means_the_explicit_mask_even_where_torch_hint_differs(options):
     """torch's is_causal hint skips padding the mask for the extra key; we follow the explicit mask."""
     numpy_mha, torch_mha = matching_pair(E, H, dtype=np.float64, seed=11, **options)
     x = np.random.default_rng(11).standard_normal((N, L, E))
     causal_blocked = np.triu(np.ones((L, L), dtype=bool), k=1)
     ours = numpy_mha(x, is_causal=True)
-    explicit, _, _, _ = torch_run(torch_mha, x, None, None, self_attention=True, need_weights=False, attn_mask=causal_blocked)
-    hinted, _, _, _ = torch_run(torch_mha, x, None, None, self_attention=True, need_weights=False,
-                                attn_mask=causal_blocked, is_causal=True)
-    assert_close("output with is_causal=True vs torch's explicit mask", ours, explicit, 1e-10)
-    assert np.abs(hinted.numpy() - explicit.numpy()).max() > 1e-3, "torch's is_causal hint now agrees: update the docs"
+    explicit, _, _, _ = torch_run(
+        torch_mha,
+        x,
+        None,
+        None,
+        self_attention=True,
+        need_weights=False,
+        attn_mask=causal_blocked,
+    )
+    hinted, _, _, _ = torch_run(
+        torch_mha,
+        x,
+        None,
+        None,
+        self_attention=True,
+        need_weights=False,
+        attn_mask=causal_blocked,
+        is_causal=True,
+    )
+    assert_close(
+        "output with is_causal=True vs torch's explicit mask", ours, explicit, 1e-10
+    )
+    assert np.abs(hinted.numpy() - explicit.numpy()).max() > 1e-3, (
+        "torch's is_causal hint now agrees: update the docs"
+    )
 
 
 def test_torch_fast_path_matches():
@@ -208,8 +208,12 @@ def test_torch_fast_path_matches():
     kpm[1, -3:] = True
     xt = torch.from_numpy(x)
     with torch.inference_mode():
-        fast, _ = torch_mha(xt, xt, xt, need_weights=False, key_padding_mask=torch.from_numpy(kpm))
-    assert_close("output vs torch fast path", numpy_mha(x, key_padding_mask=kpm), fast, 1e-5)
+        fast, _ = torch_mha(
+            xt, xt, xt, need_weights=False, key_padding_mask=torch.from_numpy(kpm)
+        )
+    assert_close(
+        "output vs torch fast path", numpy_mha(x, key_padding_mask=kpm), fast, 1e-5
+    )
 
 
 def test_weights_of_returned_need_weights_are_a_copy():
@@ -234,8 +238,14 @@ def test_to_pytorch_round_trip():
         k = rng.standard_normal((N, S, numpy_mha.kdim))
         v = rng.standard_normal((N, S, numpy_mha.vdim))
         with torch.no_grad():
-            theirs, _ = torch_mha(to_torch(q), to_torch(k), to_torch(v), need_weights=False)
-        assert_close(f"round trip {_ids(options)}", numpy_mha(q, k, v), theirs, 1e-10)
-        back = mha.load_weights_from_pytorch(mha.MultiHeadAttention(E, H, dtype=np.float64, **options), torch_mha)
+            theirs, _ = torch_mha(
+                to_torch(q), to_torch(k), to_torch(v), need_weights=False
+            )
+        assert_close(
+            f"round trip {option_ids(options)}", numpy_mha(q, k, v), theirs, 1e-10
+        )
+        back = mha.load_weights_from_pytorch(
+            mha.MultiHeadAttention(E, H, dtype=np.float64, **options), torch_mha
+        )
         for name, value in numpy_mha.parameters().items():
             np.testing.assert_array_equal(getattr(back, name), value, err_msg=name)
