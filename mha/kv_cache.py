@@ -21,22 +21,44 @@ import numpy as np
 from ._checks import as_float_array, float_dtype, positive_int, rng_from_seed
 from .functional import linear, merge_heads, scaled_dot_product_attention, split_heads
 
-__all__ = ["KVCache", "kv_cache_bytes", "bottom_right_causal_mask", "decode_step", "mha_decode_step",
-           "GroupedQueryAttention"]
+__all__ = [
+    "KVCache",
+    "kv_cache_bytes",
+    "bottom_right_causal_mask",
+    "decode_step",
+    "mha_decode_step",
+    "GroupedQueryAttention",
+]
 
 
-def kv_cache_bytes(num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, length: int,
-                   dtype=np.float32) -> int:
+def kv_cache_bytes(
+    num_layers: int,
+    batch_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    length: int,
+    dtype=np.float32,
+) -> int:
     """Bytes of keys and values for ``length`` positions: 2 * layers * N * Hkv * length * hd * itemsize."""
-    num_layers, batch_size = positive_int(num_layers, "num_layers"), positive_int(batch_size, "batch_size")
-    num_kv_heads, head_dim = positive_int(num_kv_heads, "num_kv_heads"), positive_int(head_dim, "head_dim")
+    num_layers, batch_size = (
+        positive_int(num_layers, "num_layers"),
+        positive_int(batch_size, "batch_size"),
+    )
+    num_kv_heads, head_dim = (
+        positive_int(num_kv_heads, "num_kv_heads"),
+        positive_int(head_dim, "head_dim"),
+    )
     length = _non_negative_int(length, "length")
     try:
-        itemsize = np.dtype(dtype).itemsize if np.issubdtype(dtype, np.floating) else None
+        itemsize = (
+            np.dtype(dtype).itemsize if np.issubdtype(dtype, np.floating) else None
+        )
     except TypeError:
         itemsize = None
     if itemsize is None:
-        raise TypeError(f"dtype must be a NumPy float dtype (e.g. np.float16, np.float32), got {dtype!r}")
+        raise TypeError(
+            f"dtype must be a NumPy float dtype (e.g. np.float16, np.float32), got {dtype!r}"
+        )
     return 2 * num_layers * batch_size * num_kv_heads * length * head_dim * itemsize
 
 
@@ -48,13 +70,17 @@ def bottom_right_causal_mask(L: int, S: int) -> np.ndarray:
     """
     L, S = positive_int(L, "L"), positive_int(S, "S")
     if L > S:
-        raise ValueError(f"L (the new queries) must be at most S (every key, cached and new), got L={L}, S={S}")
+        raise ValueError(
+            f"L (the new queries) must be at most S (every key, cached and new), got L={L}, S={S}"
+        )
     return np.tril(np.ones((L, S), dtype=bool), k=S - L)
 
 
 def _non_negative_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a non-negative int, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a non-negative int, got {value!r} ({type(value).__name__})"
+        )
     if value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value}")
     return int(value)
@@ -68,8 +94,16 @@ class KVCache:
     the memory the buffers hold now.
     """
 
-    def __init__(self, batch_size: int, num_kv_heads: int, head_dim: int, *, num_layers: int = 1,
-                 capacity: int | None = None, dtype=np.float32):
+    def __init__(
+        self,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        num_layers: int = 1,
+        capacity: int | None = None,
+        dtype=np.float32,
+    ):
         self.batch_size = positive_int(batch_size, "batch_size")
         self.num_kv_heads = positive_int(num_kv_heads, "num_kv_heads")
         self.head_dim = positive_int(head_dim, "head_dim")
@@ -112,19 +146,31 @@ class KVCache:
         for name, arr in (("k", k), ("v", v)):
             if not isinstance(arr, np.ndarray) or arr.dtype != self.dtype:
                 got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
-                raise TypeError(f"{name} must be a {self.dtype} array (the cache's dtype), got {got}")
-            if arr.ndim != 4 or arr.shape[:2] + arr.shape[3:] != (self.batch_size, self.num_kv_heads, self.head_dim):
-                raise ValueError(f"{name} must have shape (N, Hkv, T, hd) = {expected}, got {arr.shape}")
+                raise TypeError(
+                    f"{name} must be a {self.dtype} array (the cache's dtype), got {got}"
+                )
+            if arr.ndim != 4 or arr.shape[:2] + arr.shape[3:] != (
+                self.batch_size,
+                self.num_kv_heads,
+                self.head_dim,
+            ):
+                raise ValueError(
+                    f"{name} must have shape (N, Hkv, T, hd) = {expected}, got {arr.shape}"
+                )
         if k.shape != v.shape:
-            raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+            raise ValueError(
+                f"k and v must have the same shape, got {k.shape} and {v.shape}"
+            )
         n, T = self._length[layer], k.shape[2]
         if n + T > self._keys[layer].shape[2]:
             if self.capacity is not None:
-                raise ValueError(f"the cache's capacity of {self.capacity} positions would overflow: "
-                                 f"{n} cached + {T} new")
+                raise ValueError(
+                    f"the cache's capacity of {self.capacity} positions would overflow: "
+                    f"{n} cached + {T} new"
+                )
             self._grow(layer, n + T)
-        self._keys[layer][:, :, n:n + T] = k
-        self._values[layer][:, :, n:n + T] = v
+        self._keys[layer][:, :, n : n + T] = k
+        self._values[layer][:, :, n : n + T] = v
         self._length[layer] = n + T
         return self.read(layer)
 
@@ -133,11 +179,17 @@ class KVCache:
         for buffers in (self._keys, self._values):
             old = buffers[layer]
             buffers[layer] = np.zeros(old.shape[:2] + (size, old.shape[3]), self.dtype)
-            buffers[layer][:, :, :old.shape[2]] = old
+            buffers[layer][:, :, : old.shape[2]] = old
 
     def _layer(self, layer) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, (int, np.integer))
+            or not 0 <= layer < self.num_layers
+        ):
+            raise ValueError(
+                f"layer must be an int in [0, {self.num_layers}), got {layer!r}"
+            )
         return int(layer)
 
 
@@ -149,43 +201,67 @@ def _step_arguments(x, cache, layer, E, Hkv, hd, dtype):
     if x.dtype != dtype:
         raise TypeError(f"x must be {dtype} like the weights, got {x.dtype}")
     if x.ndim != 3 or x.shape[2] != E or x.shape[1] == 0:
-        raise ValueError(f"x must have shape (N, T, E) with E = {E} and T >= 1, got {x.shape}")
+        raise ValueError(
+            f"x must have shape (N, T, E) with E = {E} and T >= 1, got {x.shape}"
+        )
     if x.shape[0] != cache.batch_size:
-        raise ValueError(f"x's batch size {x.shape[0]} differs from the cache's batch_size {cache.batch_size}")
+        raise ValueError(
+            f"x's batch size {x.shape[0]} differs from the cache's batch_size {cache.batch_size}"
+        )
     if (cache.num_kv_heads, cache.head_dim, cache.dtype) != (Hkv, hd, dtype):
-        raise ValueError(f"the cache holds (Hkv={cache.num_kv_heads}, hd={cache.head_dim}, {cache.dtype}), "
-                         f"the weights need (Hkv={Hkv}, hd={hd}, {dtype})")
+        raise ValueError(
+            f"the cache holds (Hkv={cache.num_kv_heads}, hd={cache.head_dim}, {cache.dtype}), "
+            f"the weights need (Hkv={Hkv}, hd={hd}, {dtype})"
+        )
     return x
 
 
 def _weight_arguments(weights, num_heads):
     """Checks of a decode step's weights: (W_Q, W_K, E, head_dim, Hkv)."""
     if not isinstance(weights, dict):
-        raise TypeError(f"weights must be a dict of arrays (W_Q, W_K, W_V, W_O), got {type(weights).__name__}")
+        raise TypeError(
+            f"weights must be a dict of arrays (W_Q, W_K, W_V, W_O), got {type(weights).__name__}"
+        )
     missing = [n for n in ("W_Q", "W_K", "W_V", "W_O") if n not in weights]
     if missing:
-        raise ValueError(f"weights must hold W_Q, W_K, W_V and W_O, missing {', '.join(missing)}")
+        raise ValueError(
+            f"weights must hold W_Q, W_K, W_V and W_O, missing {', '.join(missing)}"
+        )
     num_heads = positive_int(num_heads, "num_heads")
     W_Q, W_K, W_V, W_O = (weights[n] for n in ("W_Q", "W_K", "W_V", "W_O"))
     for name, w in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V), ("W_O", W_O)):
         if not isinstance(w, np.ndarray) or w.ndim != 2:
-            raise ValueError(f"weights[{name!r}] must be a 2-D array (in, out), got "
-                             f"{getattr(w, 'shape', type(w).__name__)}")
+            raise ValueError(
+                f"weights[{name!r}] must be a 2-D array (in, out), got "
+                f"{getattr(w, 'shape', type(w).__name__)}"
+            )
     E = W_Q.shape[0]
     if W_Q.shape[1] % num_heads:
-        raise ValueError(f"num_heads ({num_heads}) must divide W_Q's {W_Q.shape[1]} output features")
+        raise ValueError(
+            f"num_heads ({num_heads}) must divide W_Q's {W_Q.shape[1]} output features"
+        )
     hd = W_Q.shape[1] // num_heads
-    if W_K.shape[0] != E or W_K.shape[1] % hd or num_heads % max(W_K.shape[1] // hd, 1) \
-            or W_K.shape[1] == 0:
-        raise ValueError(f"W_K must be (E, Hkv * head_dim) = ({E}, Hkv * {hd}) with Hkv dividing num_heads "
-                         f"({num_heads}), got {W_K.shape}")
+    if (
+        W_K.shape[0] != E
+        or W_K.shape[1] % hd
+        or num_heads % max(W_K.shape[1] // hd, 1)
+        or W_K.shape[1] == 0
+    ):
+        raise ValueError(
+            f"W_K must be (E, Hkv * head_dim) = ({E}, Hkv * {hd}) with Hkv dividing num_heads "
+            f"({num_heads}), got {W_K.shape}"
+        )
     if W_V.shape != W_K.shape or W_O.shape != (W_Q.shape[1], E):
-        raise ValueError(f"W_V must be {W_K.shape} like W_K and W_O ({W_Q.shape[1]}, {E}), "
-                         f"got {W_V.shape} and {W_O.shape}")
+        raise ValueError(
+            f"W_V must be {W_K.shape} like W_K and W_O ({W_Q.shape[1]}, {E}), "
+            f"got {W_V.shape} and {W_O.shape}"
+        )
     return W_Q, W_K, E, hd, W_K.shape[1] // hd
 
 
-def decode_step(x, weights: dict, num_heads: int, cache: KVCache, layer: int = 0) -> np.ndarray:
+def decode_step(
+    x, weights: dict, num_heads: int, cache: KVCache, layer: int = 0
+) -> np.ndarray:
     """Self-attention of T new tokens over the cache and themselves: x (N, T, E) -> (N, T, E).
 
     ``weights``: W_Q (E, E), W_K and W_V (E, Hkv * hd), W_O (E, E) in the book's (in, out)
@@ -194,21 +270,32 @@ def decode_step(x, weights: dict, num_heads: int, cache: KVCache, layer: int = 0
     """
     W_Q, W_K, E, hd, Hkv = _weight_arguments(weights, num_heads)
     x = _step_arguments(x, cache, layer, E, Hkv, hd, W_Q.dtype)
-    q = split_heads(linear(x, W_Q, weights.get("b_Q")), num_heads)   # (N, T, E) -> (N, H, T, hd)
-    k = split_heads(linear(x, W_K, weights.get("b_K")), Hkv)         # (N, T, Hkv*hd) -> (N, Hkv, T, hd)
+    # (N, T, E) -> (N, H, T, hd)
+    q = split_heads(linear(x, W_Q, weights.get("b_Q")), num_heads)
+    # (N, T, Hkv*hd) -> (N, Hkv, T, hd)
+    k = split_heads(linear(x, W_K, weights.get("b_K")), Hkv)
     v = split_heads(linear(x, weights["W_V"], weights.get("b_V")), Hkv)
-    keys, values = cache.update(layer, k, v)                          # (N, Hkv, P + T, hd) each
-    mask = bottom_right_causal_mask(x.shape[1], keys.shape[2])        # (T, P + T)
-    heads = scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=Hkv != num_heads)
-    return linear(merge_heads(heads), weights["W_O"], weights.get("b_O"))   # (N, H, T, hd) -> (N, T, E)
+    keys, values = cache.update(layer, k, v)  # (N, Hkv, P + T, hd) each
+    mask = bottom_right_causal_mask(x.shape[1], keys.shape[2])  # (T, P + T)
+    heads = scaled_dot_product_attention(
+        q, keys, values, attn_mask=mask, enable_gqa=Hkv != num_heads
+    )
+    # (N, H, T, hd) -> (N, T, E)
+    return linear(merge_heads(heads), weights["W_O"], weights.get("b_O"))
 
 
 def mha_decode_step(module, x, cache: KVCache, layer: int = 0) -> np.ndarray:
     """:func:`decode_step` with the weights of a :class:`mha.MultiHeadAttention`; x (N, T, E)."""
-    if module.bias_k is not None or module.add_zero_attn or module.kdim != module.d_model \
-            or module.vdim != module.d_model:
-        raise ValueError("mha_decode_step needs plain self-attention weights (no add_bias_kv, add_zero_attn, "
-                         "kdim or vdim)")
+    if (
+        module.bias_k is not None
+        or module.add_zero_attn
+        or module.kdim != module.d_model
+        or module.vdim != module.d_model
+    ):
+        raise ValueError(
+            "mha_decode_step needs plain self-attention weights (no add_bias_kv, add_zero_attn, "
+            "kdim or vdim)"
+        )
     return decode_step(x, module.parameters(), module.num_heads, cache, layer)
 
 
@@ -219,34 +306,58 @@ class GroupedQueryAttention:
     multi-query attention, ``num_kv_heads=num_heads`` ordinary multi-head attention.
     """
 
-    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, *, seed=None, dtype=np.float32):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_kv_heads: int,
+        *,
+        seed=None,
+        dtype=np.float32,
+    ):
         self.d_model = positive_int(d_model, "d_model")
         self.num_heads = positive_int(num_heads, "num_heads")
         self.num_kv_heads = positive_int(num_kv_heads, "num_kv_heads")
         if d_model % num_heads or num_heads % num_kv_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) and num_heads "
-                             f"by num_kv_heads ({num_kv_heads})")
+            raise ValueError(
+                f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) and num_heads "
+                f"by num_kv_heads ({num_kv_heads})"
+            )
         self.head_dim = d_model // num_heads
         dtype, rng = float_dtype(dtype), rng_from_seed(seed)
         kv = num_kv_heads * self.head_dim
         bound = 1 / math.sqrt(d_model)
-        self.weights = {name: rng.uniform(-bound, bound, (d_model, n)).astype(dtype)
-                        for name, n in (("W_Q", d_model), ("W_K", kv), ("W_V", kv), ("W_O", d_model))}
+        self.weights = {
+            name: rng.uniform(-bound, bound, (d_model, n)).astype(dtype)
+            for name, n in (
+                ("W_Q", d_model),
+                ("W_K", kv),
+                ("W_V", kv),
+                ("W_O", d_model),
+            )
+        }
 
     def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
         """An empty cache shaped for these weights."""
-        return KVCache(batch_size, self.num_kv_heads, self.head_dim, capacity=capacity,
-                       dtype=self.weights["W_Q"].dtype)
+        return KVCache(
+            batch_size,
+            self.num_kv_heads,
+            self.head_dim,
+            capacity=capacity,
+            dtype=self.weights["W_Q"].dtype,
+        )
 
     def forward(self, x) -> np.ndarray:
         """Full causal attention over x (N, L, E) -> (N, L, E), every score computed."""
         w = self.weights
         x = as_float_array(x, "x", w["W_Q"].dtype)
-        q = split_heads(linear(x, w["W_Q"]), self.num_heads)          # (N, L, E) -> (N, H, L, hd)
-        k = split_heads(linear(x, w["W_K"]), self.num_kv_heads)       # (N, L, Hkv*hd) -> (N, Hkv, L, hd)
+        # (N, L, E) -> (N, H, L, hd)
+        q = split_heads(linear(x, w["W_Q"]), self.num_heads)
+        # (N, L, Hkv*hd) -> (N, Hkv, L, hd)
+        k = split_heads(linear(x, w["W_K"]), self.num_kv_heads)
         v = split_heads(linear(x, w["W_V"]), self.num_kv_heads)
         heads = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        return linear(merge_heads(heads), w["W_O"])                   # (N, H, L, hd) -> (N, L, E)
+        return linear(merge_heads(heads), w["W_O"])  # (N, H, L, hd) -> (N, L, E)
 
     __call__ = forward
 

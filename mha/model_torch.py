@@ -120,9 +120,8 @@ def twin_class() -> Any:
                 h = h + a if self.residual else a
             return self.readout(h)
 
-        def _rotate(
-            self, t: torch.Tensor
-        ) -> torch.Tensor:  # RoPE, "rotate half": (N, H, L, hd)
+        # RoPE, "rotate half": (N, H, L, hd)
+        def _rotate(self, t: torch.Tensor) -> torch.Tensor:
             half = t.shape[-1] // 2
             rotated = torch.cat([-t[..., half:], t[..., :half]], dim=-1)
             return t * self.rope_cos + rotated * self.rope_sin

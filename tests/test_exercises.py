@@ -22,7 +22,9 @@ SOLUTION = re.compile(r":::\{dropdown\}[^\n]*\n(?:.*?\n)?```python\n(.*?)```", r
 
 
 def _source(cell) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return (
+        "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    )
 
 
 def _exercises():
@@ -30,15 +32,35 @@ def _exercises():
     for path in sorted(CHAPTERS.glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         for i, cell in enumerate(cells):
-            match = CHECK_CALL.search(_source(cell)) if cell["cell_type"] == "code" else None
+            match = (
+                CHECK_CALL.search(_source(cell))
+                if cell["cell_type"] == "code"
+                else None
+            )
             if match:
-                task = next(_source(c) for c in reversed(cells[:i - 1]) if c["cell_type"] == "markdown")
+                task = next(
+                    _source(c)
+                    for c in reversed(cells[: i - 1])
+                    if c["cell_type"] == "markdown"
+                )
                 # the reference solution: in the task above the exercise, or (the newer layout) in the
                 # markdown cell right after the check cell
-                after = cells[i + 1] if i + 1 < len(cells) and cells[i + 1]["cell_type"] == "markdown" else None
-                solution = SOLUTION.search(task) or (after and SOLUTION.search(_source(after)))
-                found.append(pytest.param(match.groups(), _source(cells[i - 1]), solution and solution.group(1),
-                                          id=f"{path.stem}-{match.group(2)}"))
+                after = (
+                    cells[i + 1]
+                    if i + 1 < len(cells) and cells[i + 1]["cell_type"] == "markdown"
+                    else None
+                )
+                solution = SOLUTION.search(task) or (
+                    after and SOLUTION.search(_source(after))
+                )
+                found.append(
+                    pytest.param(
+                        match.groups(),
+                        _source(cells[i - 1]),
+                        solution and solution.group(1),
+                        id=f"{path.stem}-{match.group(2)}",
+                    )
+                )
     return found
 
 
@@ -66,7 +88,9 @@ def test_untouched_exercise_says_not_attempted(call, exercise_cell, solution, ca
 @pytest.mark.parametrize("call, exercise_cell, solution", EXERCISES)
 def test_reference_solution_passes(call, exercise_cell, solution, capsys):
     module, check, function = call
-    assert solution, "the markdown cell before the exercise must hold a dropdown with a ```python solution"
+    assert solution, (
+        "the markdown cell before the exercise must hold a dropdown with a ```python solution"
+    )
     ns = _namespace()
     exec(solution, ns)
     assert _check(module, check)(ns[function]) is True, capsys.readouterr().out
@@ -77,15 +101,24 @@ def test_reference_solution_passes(call, exercise_cell, solution, capsys):
 def test_common_mistake_fails(call, exercise_cell, solution, capsys):
     module, check, _ = call
     mistakes = importlib.import_module(f"mha.exercises.{module}").COMMON_MISTAKES
-    assert check in mistakes, f"mha.exercises.{module}.COMMON_MISTAKES has no wrong answer for {check}"
+    assert check in mistakes, (
+        f"mha.exercises.{module}.COMMON_MISTAKES has no wrong answer for {check}"
+    )
     assert _check(module, check)(mistakes[check]) is False
     assert "Not quite" in capsys.readouterr().out
 
 
 def test_every_check_is_used_by_a_notebook():
     used = {(m, c) for (m, c, _), *_ in (p.values for p in EXERCISES)}
-    for path in sorted((pathlib.Path(mha.__file__).parent / "exercises").glob("[!_]*.py")):
+    for path in sorted(
+        (pathlib.Path(mha.__file__).parent / "exercises").glob("[!_]*.py")
+    ):
         module = importlib.import_module(f"mha.exercises.{path.stem}")
         for name, obj in vars(module).items():
-            if name.startswith("check_") and getattr(obj, "__module__", None) == module.__name__:
-                assert (path.stem, name) in used, f"mha.exercises.{path.stem}.{name} is not used by any notebook"
+            if (
+                name.startswith("check_")
+                and getattr(obj, "__module__", None) == module.__name__
+            ):
+                assert (path.stem, name) in used, (
+                    f"mha.exercises.{path.stem}.{name} is not used by any notebook"
+                )

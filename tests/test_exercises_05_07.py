@@ -18,31 +18,56 @@ import mha
 from mha.exercises import options, precision
 
 CHAPTERS = pathlib.Path(__file__).resolve().parent.parent / "chapters"
-NOTEBOOKS = {"options": "05_every_option.ipynb", "precision": "07_numerical_precision.ipynb"}
+NOTEBOOKS = {
+    "options": "05_every_option.ipynb",
+    "precision": "07_numerical_precision.ipynb",
+}
 CHECK_CALL = re.compile(r"mha\.exercises\.(\w+)\.(check_\w+)\((\w+)\);")
-SOLUTION = re.compile(r":::\{dropdown\} Reference solution\n```python\n(.*?)```\n:::", re.S)
+SOLUTION = re.compile(
+    r":::\{dropdown\} Reference solution\n```python\n(.*?)```\n:::", re.S
+)
 
 # What each check says about its typical wrong answer (COMMON_MISTAKES), whitespace aside.
 HINTS = {
-    ("options", "check_weights_shapes"): "Case 1 (batch_first=False, input (5, 2, 16) = (L, N, E), "
-                                         "need_weights=True): you said (5, 2, 5), the weights are "
-                                         "(2, 5, 5). The weights are (N, L, S) whatever the layout",
-    ("options", "check_mask_bug"): "with 'mask polarity', the weights would sit on the <pad> columns only",
+    (
+        "options",
+        "check_weights_shapes",
+    ): "Case 1 (batch_first=False, input (5, 2, 16) = (L, N, E), "
+    "need_weights=True): you said (5, 2, 5), the weights are "
+    "(2, 5, 5). The weights are (N, L, S) whatever the layout",
+    (
+        "options",
+        "check_mask_bug",
+    ): "with 'mask polarity', the weights would sit on the <pad> columns only",
     ("options", "check_padding_mask"): "nn.MultiheadAttention reads True as *blocked*",
     ("options", "check_expand_mask"): "the num_heads rows of sequence 0 come first",
     ("options", "check_call_sequence_first"): "use x.transpose(1, 0, 2)",
-    ("precision", "check_nan_prediction"): "Case 3, float16, every key blocked by adding "
-                                           "finfo(float16).min to scores (2, -20, 1): it is False. "
-                                           "Only the scores below -16 overflow",
-    ("precision", "check_fill_bug"): "with '-1e9 fill in float16', every fully blocked row would be NaN",
-    ("precision", "check_machine_epsilon"): "With a Python float (1.0) the arithmetic is float64",
+    (
+        "precision",
+        "check_nan_prediction",
+    ): "Case 3, float16, every key blocked by adding "
+    "finfo(float16).min to scores (2, -20, 1): it is False. "
+    "Only the scores below -16 overflow",
+    (
+        "precision",
+        "check_fill_bug",
+    ): "with '-1e9 fill in float16', every fully blocked row would be NaN",
+    (
+        "precision",
+        "check_machine_epsilon",
+    ): "With a Python float (1.0) the arithmetic is float64",
     ("precision", "check_allclose"): "with the magnitude of b (the reference) only",
-    ("precision", "check_tolerance_ratio"): "gives the large entries' allowance to the small ones",
+    (
+        "precision",
+        "check_tolerance_ratio",
+    ): "gives the large entries' allowance to the small ones",
 }
 
 
 def _source(cell) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return (
+        "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    )
 
 
 def _exercises():
@@ -50,11 +75,25 @@ def _exercises():
     for module, name in NOTEBOOKS.items():
         cells = json.loads((CHAPTERS / name).read_text())["cells"]
         for i, cell in enumerate(cells):
-            match = CHECK_CALL.search(_source(cell)) if cell["cell_type"] == "code" else None
+            match = (
+                CHECK_CALL.search(_source(cell))
+                if cell["cell_type"] == "code"
+                else None
+            )
             if match:
-                assert match.group(1) == module, f"{name} checks with mha.exercises.{match.group(1)}"
-                found.append(pytest.param(module, match.group(2), match.group(3), cells, i,
-                                          id=f"{module}-{match.group(2)}"))
+                assert match.group(1) == module, (
+                    f"{name} checks with mha.exercises.{match.group(1)}"
+                )
+                found.append(
+                    pytest.param(
+                        module,
+                        match.group(2),
+                        match.group(3),
+                        cells,
+                        i,
+                        id=f"{module}-{match.group(2)}",
+                    )
+                )
     return found
 
 
@@ -76,34 +115,46 @@ def test_every_check_of_both_modules_is_used_once():
 
 
 @pytest.mark.parametrize("module, check, function, cells, i", EXERCISES)
-def test_solution_sits_collapsed_after_its_check_cell(module, check, function, cells, i):
+def test_solution_sits_collapsed_after_its_check_cell(
+    module, check, function, cells, i
+):
     after = cells[i + 1]
-    assert after["cell_type"] == "markdown" and SOLUTION.search(_source(after)), \
+    assert after["cell_type"] == "markdown" and SOLUTION.search(_source(after)), (
         "the markdown cell after the check cell holds the reference solution in a dropdown"
+    )
     # and nowhere above it: the task and the exercise cell show no solution
-    task = next(c for c in reversed(cells[:i - 1]) if c["cell_type"] == "markdown")
+    task = next(c for c in reversed(cells[: i - 1]) if c["cell_type"] == "markdown")
     assert ":::{dropdown}" not in _source(task)
     assert "raise NotImplementedError" in _source(cells[i - 1])
 
 
 @pytest.mark.parametrize("module, check, function, cells, i", EXERCISES)
-def test_untouched_exercise_says_not_attempted(module, check, function, cells, i, capsys):
+def test_untouched_exercise_says_not_attempted(
+    module, check, function, cells, i, capsys
+):
     ns = _namespace()
     exec(_source(cells[i - 1]), ns)
     assert getattr(globals()[module], check)(ns[function]) is None
-    assert f"Not attempted yet: {function} still raises NotImplementedError." in capsys.readouterr().out
+    assert (
+        f"Not attempted yet: {function} still raises NotImplementedError."
+        in capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize("module, check, function, cells, i", EXERCISES)
 def test_reference_solution_passes(module, check, function, cells, i, capsys):
     ns = _namespace()
     exec(SOLUTION.search(_source(cells[i + 1])).group(1), ns)
-    assert getattr(globals()[module], check)(ns[function]) is True, capsys.readouterr().out
+    assert getattr(globals()[module], check)(ns[function]) is True, (
+        capsys.readouterr().out
+    )
     assert capsys.readouterr().out.startswith("Correct")
 
 
 @pytest.mark.parametrize("module, check, function, cells, i", EXERCISES)
-def test_typical_wrong_answer_fails_with_its_hint(module, check, function, cells, i, capsys):
+def test_typical_wrong_answer_fails_with_its_hint(
+    module, check, function, cells, i, capsys
+):
     wrong = globals()[module].COMMON_MISTAKES[check]
     assert getattr(globals()[module], check)(wrong) is False
     out = capsys.readouterr().out
@@ -122,13 +173,22 @@ def test_shape_check_refuses_a_wrong_kind_of_answer(capsys):
 
 def test_weights_shapes_are_torchs():
     rng = np.random.default_rng(0)
-    for (_, opts, forward, (q_shape, k_shape)), expected in zip(options.SHAPE_CASES,
-                                                                  options._weights_shapes()):
-        module = torch.nn.MultiheadAttention(16, 4, batch_first=opts.get("batch_first", True),
-                                             add_bias_kv=opts.get("add_bias_kv", False),
-                                             add_zero_attn=opts.get("add_zero_attn", False)).eval()
+    for (_, opts, forward, (q_shape, k_shape)), expected in zip(
+        options.SHAPE_CASES, options._weights_shapes()
+    ):
+        module = torch.nn.MultiheadAttention(
+            16,
+            4,
+            batch_first=opts.get("batch_first", True),
+            add_bias_kv=opts.get("add_bias_kv", False),
+            add_zero_attn=opts.get("add_zero_attn", False),
+        ).eval()
         query = torch.from_numpy(rng.standard_normal(q_shape).astype(np.float32))
-        key = query if k_shape is None else torch.from_numpy(rng.standard_normal(k_shape).astype(np.float32))
+        key = (
+            query
+            if k_shape is None
+            else torch.from_numpy(rng.standard_normal(k_shape).astype(np.float32))
+        )
         with torch.no_grad():
             _, weights = module(query, key, key, **forward)
         assert tuple(weights.shape) == expected
@@ -139,21 +199,37 @@ def test_mask_mystery_is_torchs_head_major_mask():
     mystery = options.mystery_weights()
     xt = torch.from_numpy(x)
     with torch.no_grad():
-        _, theirs = mha.to_pytorch(module)(xt, xt, xt, attn_mask=torch.from_numpy(mask),
-                                           need_weights=True, average_attn_weights=False)
+        _, theirs = mha.to_pytorch(module)(
+            xt,
+            xt,
+            xt,
+            attn_mask=torch.from_numpy(mask),
+            need_weights=True,
+            average_attn_weights=False,
+        )
     assert mha.report_match("mystery weights", mystery, theirs.numpy())
     N, H = len(options.SENTENCES), options.H_SHAPES
     for n in range(N):
         for h in range(H):
             zero_columns = (mystery[n, h] == 0).all(axis=0)
-            assert np.array_equal(zero_columns, padding[(n * H + h) % N])   # somebody else's padding
+            # somebody else's padding
+            assert np.array_equal(zero_columns, padding[(n * H + h) % N])
     # with np.repeat every head of a sentence blocks that sentence's padding, as key_padding_mask
     with torch.no_grad():
-        _, right = mha.to_pytorch(module)(xt, xt, xt, key_padding_mask=torch.from_numpy(padding),
-                                          need_weights=True, average_attn_weights=False)
+        _, right = mha.to_pytorch(module)(
+            xt,
+            xt,
+            xt,
+            key_padding_mask=torch.from_numpy(padding),
+            need_weights=True,
+            average_attn_weights=False,
+        )
     repeated = np.repeat(np.broadcast_to(padding[:, None, :], (N, 6, 6)), H, axis=0)
-    assert mha.report_match("np.repeat mask", module(x, attn_mask=repeated, need_weights=True,
-                                                     average_attn_weights=False)[1], right.numpy())
+    assert mha.report_match(
+        "np.repeat mask",
+        module(x, attn_mask=repeated, need_weights=True, average_attn_weights=False)[1],
+        right.numpy(),
+    )
     assert not np.allclose(mystery, right.numpy(), atol=1e-3)
 
 
@@ -162,16 +238,21 @@ def test_nan_predictions_are_torchs_float16():
     blocked = torch.ones(3, dtype=torch.bool)
     scores = torch.tensor([2.0, -20.0, 1.0], dtype=h)
     logits = torch.tensor([12.0, 11.0, 10.0], dtype=h)
-    minus_1e9 = torch.tensor(-1e9).half()            # -inf: masked_fill(-1e9) refuses float16
+    minus_1e9 = torch.tensor(-1e9).half()  # -inf: masked_fill(-1e9) refuses float16
     with pytest.raises(RuntimeError, match="overflow"):
         scores.masked_fill(blocked, -1e9)
-    rows = (torch.softmax(torch.where(blocked, minus_1e9, scores), dim=-1),
-            torch.softmax(scores.float().masked_fill(blocked, -1e9), dim=-1),
-            torch.softmax(scores + torch.where(blocked, torch.finfo(h).min, 0.0).to(h), dim=-1),
-            torch.exp(logits) / torch.exp(logits).sum(),
-            torch.softmax(logits, dim=-1))
+    rows = (
+        torch.softmax(torch.where(blocked, minus_1e9, scores), dim=-1),
+        torch.softmax(scores.float().masked_fill(blocked, -1e9), dim=-1),
+        torch.softmax(
+            scores + torch.where(blocked, torch.finfo(h).min, 0.0).to(h), dim=-1
+        ),
+        torch.exp(logits) / torch.exp(logits).sum(),
+        torch.softmax(logits, dim=-1),
+    )
     assert tuple(bool(r.isnan().any()) for r in rows) == precision._nan_rows()
-    assert torch.equal(rows[2], torch.tensor([0.5, 0.0, 0.5], dtype=h))     # wrong, but finite
+    # wrong, but finite
+    assert torch.equal(rows[2], torch.tensor([0.5, 0.0, 0.5], dtype=h))
 
 
 def test_fill_mystery_is_torchs_added_finfo_min():
@@ -189,10 +270,23 @@ def test_fill_mystery_is_torchs_added_finfo_min():
     assert (naive / naive.sum(-1, keepdim=True))[2:].isnan().all()
 
 
-@pytest.mark.parametrize("check, bugs, looks, answer", [
-    (options.check_mask_bug, options.MASK_BUGS, options._MASK_LOOKS, "np.tile instead of np.repeat"),
-    (precision.check_fill_bug, precision.FILL_BUGS, precision._FILL_LOOKS, "finfo.min added to the scores"),
-])
+@pytest.mark.parametrize(
+    "check, bugs, looks, answer",
+    [
+        (
+            options.check_mask_bug,
+            options.MASK_BUGS,
+            options._MASK_LOOKS,
+            "np.tile instead of np.repeat",
+        ),
+        (
+            precision.check_fill_bug,
+            precision.FILL_BUGS,
+            precision._FILL_LOOKS,
+            "finfo.min added to the scores",
+        ),
+    ],
+)
 def test_every_wrong_bug_name_is_explained(check, bugs, looks, answer, capsys):
     assert set(looks) == set(bugs) - {answer}
     for name in bugs:

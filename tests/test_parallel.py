@@ -301,9 +301,8 @@ def test_large_products_are_still_shared_out(monkeypatch):
     parallel._in_pieces(
         lambda fn, items: calls.append(list(items)), lambda s: None, 512, 96 * 32
     )
-    assert (
-        calls == []
-    )  # 2 pieces of 256 x 96 x 32 would be small products: one call instead
+    # 2 pieces of 256 x 96 x 32 would be small products: one call instead
+    assert calls == []
 
 
 @pytest.mark.parametrize("N, H, L, S, hd", BLOCK_SHAPES)

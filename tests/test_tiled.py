@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import mha
-from mha.tiled import causal_blocks, online_softmax, tiled_attention, tiled_attention_backward, tiled_attention_forward
+from mha.tiled import (
+    causal_blocks,
+    online_softmax,
+    tiled_attention,
+    tiled_attention_backward,
+    tiled_attention_forward,
+)
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 
@@ -16,10 +22,10 @@ TOL = {np.float32: 1e-5, np.float64: 1e-10}
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 16, 100])
 def test_online_softmax_equals_softmax(block):
     rng = np.random.default_rng(block)
-    x = rng.standard_normal((5, 16)) * 30                     # large logits: the max moves a lot
-    x[1, 3:9] = -np.inf                                        # some keys masked
-    x[2] = -np.inf                                             # a fully masked row: zeros
-    x[3] = np.sort(x[3])                                       # the maximum grows at every block
+    x = rng.standard_normal((5, 16)) * 30  # large logits: the max moves a lot
+    x[1, 3:9] = -np.inf  # some keys masked
+    x[2] = -np.inf  # a fully masked row: zeros
+    x[3] = np.sort(x[3])  # the maximum grows at every block
     got = online_softmax(x, block)
     np.testing.assert_allclose(got, mha.softmax(x), rtol=0, atol=1e-15)
     assert np.all(got[2] == 0)
@@ -30,7 +36,9 @@ def test_online_softmax_does_not_overflow_in_float32():
     x = np.array([[1000.0, 999.0, -1000.0, 1001.0]], dtype=np.float32)
     got = online_softmax(x, 1)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, torch.softmax(torch.from_numpy(x), -1).numpy(), atol=1e-7)
+    np.testing.assert_allclose(
+        got, torch.softmax(torch.from_numpy(x), -1).numpy(), atol=1e-7
+    )
 
 
 def _case(dtype, q_shape, kv_shape, Ev, seed):
@@ -51,7 +59,9 @@ def _torch_reference(q, k, v, dout, **kw):
 
 
 def _assert_parity(q, k, v, rng, block_q, block_k, **kw):
-    out, cache = tiled_attention_forward(q, k, v, block_q=block_q, block_k=block_k, **kw)
+    out, cache = tiled_attention_forward(
+        q, k, v, block_q=block_q, block_k=block_k, **kw
+    )
     dout = rng.standard_normal(out.shape).astype(q.dtype)
     grads = tiled_attention_backward(dout, cache)
     expected = _torch_reference(q, k, v, dout, **kw)
@@ -62,7 +72,14 @@ def _assert_parity(q, k, v, rng, block_q, block_k, **kw):
     return cache
 
 
-BLOCKS = [(1, 1), (3, 5), (4, 4), (8, 16), (64, 64)]          # 3 and 5 divide neither L = 12 nor S = 17
+# 3 and 5 divide neither L = 12 nor S = 17
+BLOCKS = [
+    (1, 1),
+    (3, 5),
+    (4, 4),
+    (8, 16),
+    (64, 64),
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -83,25 +100,32 @@ def test_tiled_causal_matches_torch_and_skips_blocks(dtype, block_q, block_k, L,
 
 
 def test_causal_skips_the_upper_triangle_of_blocks():
-    assert causal_blocks(16, 16, 4, 4) == (10, 6)              # 4 x 4 tiles, 6 above the diagonal
+    assert causal_blocks(16, 16, 4, 4) == (10, 6)  # 4 x 4 tiles, 6 above the diagonal
     rng, q, k, v = _case(np.float64, (1, 16, 4), (1, 16, 4), 4, 0)
-    assert tiled_attention_forward(q, k, v, is_causal=True, block_q=4, block_k=4)[1]["skipped"] == 6
+    assert (
+        tiled_attention_forward(q, k, v, is_causal=True, block_q=4, block_k=4)[1][
+            "skipped"
+        ]
+        == 6
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kind", ["bool", "float", "bool_fully_masked", "float_fully_masked", "broadcast"])
+@pytest.mark.parametrize(
+    "kind", ["bool", "float", "bool_fully_masked", "float_fully_masked", "broadcast"]
+)
 @pytest.mark.parametrize("block_q, block_k", [(3, 5), (16, 16)])
 def test_tiled_masks_match_torch(dtype, kind, block_q, block_k):
     rng, q, k, v = _case(dtype, (2, 3, 11, 8), (2, 3, 13, 8), 5, 3)
     keep = rng.random((2, 3, 11, 13)) > 0.4
     if "fully" in kind:
-        keep[0, 1, 4] = False                                   # one query sees no key
+        keep[0, 1, 4] = False  # one query sees no key
         keep[1, :, 10] = False
     mask = keep
     if kind.startswith("float"):
         mask = np.where(keep, rng.standard_normal(keep.shape), -np.inf).astype(dtype)
     if kind == "broadcast":
-        mask = keep[0, 0]                                       # (L, S) for every batch and head
+        mask = keep[0, 0]  # (L, S) for every batch and head
     _assert_parity(q, k, v, rng, block_q, block_k, attn_mask=mask)
 
 
@@ -128,8 +152,8 @@ def test_tiled_scale_and_unbatched_inputs(scale):
 def test_tiled_broadcast_batch_axes_sum_their_gradients():
     rng = np.random.default_rng(4)
     q = rng.standard_normal((2, 3, 7, 4))
-    k = rng.standard_normal((1, 3, 9, 4))                      # shared by the batch
-    v = rng.standard_normal((9, 5))                            # shared by batch and heads
+    k = rng.standard_normal((1, 3, 9, 4))  # shared by the batch
+    v = rng.standard_normal((9, 5))  # shared by batch and heads
     _assert_parity(q, k, v, rng, 3, 4)
 
 
@@ -146,8 +170,8 @@ def test_large_logits_do_not_overflow(dtype):
     v = rng.standard_normal((1, 2, 9, 8)).astype(dtype)
     scores = (q @ np.swapaxes(k, -1, -2)) / 64
     with np.errstate(over="ignore"):
-        assert np.all(np.isinf(np.exp(scores)))                # exp alone would overflow everywhere
-    assert mha.softmax(scores).max() < 0.9                    # ... and no query's weights are one-hot
+        assert np.all(np.isinf(np.exp(scores)))  # exp alone would overflow everywhere
+    assert mha.softmax(scores).max() < 0.9  # ... and no query's weights are one-hot
     cache = _assert_parity(q, k, v, rng, 2, 4, scale=1 / 64)
     assert np.all(cache["lse"] > np.log(np.finfo(dtype).max))
 
@@ -157,10 +181,14 @@ def test_tiled_output_alone_and_lse_match_torch():
     keep = rng.random((6, 10)) > 0.3
     keep[2] = False
     out, cache = tiled_attention_forward(q, k, v, keep, block_q=4, block_k=3)
-    np.testing.assert_array_equal(tiled_attention(q, k, v, keep, block_q=4, block_k=3), out)
+    np.testing.assert_array_equal(
+        tiled_attention(q, k, v, keep, block_q=4, block_k=3), out
+    )
     scores = torch.from_numpy(q) @ torch.from_numpy(k).transpose(-1, -2) / 2.0
     scores = scores.masked_fill(~torch.from_numpy(keep), -torch.inf)
-    np.testing.assert_allclose(cache["lse"], torch.logsumexp(scores, -1).numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        cache["lse"], torch.logsumexp(scores, -1).numpy(), atol=1e-12
+    )
     assert np.all(np.isneginf(cache["lse"][..., 2]))
 
 
@@ -176,27 +204,42 @@ def test_tiled_does_not_modify_its_inputs():
     np.testing.assert_array_equal(dout, 1)
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"block_q": 0}, ValueError, "block_q"),
-    ({"block_k": 2.5}, TypeError, "block_k"),
-    ({"block_q": True}, TypeError, "block_q"),
-    ({"is_causal": "yes"}, TypeError, "is_causal"),
-    ({"is_causal": True, "attn_mask": np.ones((4, 6), bool)}, ValueError, "attn_mask"),
-    ({"attn_mask": np.ones((4, 6), int)}, TypeError, "attn_mask"),
-    ({"attn_mask": np.ones((5, 6), bool)}, ValueError, "attn_mask"),
-    ({"scale": "0.5"}, TypeError, "scale"),
-    ({"enable_gqa": True}, ValueError, "enable_gqa"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"block_q": 0}, ValueError, "block_q"),
+        ({"block_k": 2.5}, TypeError, "block_k"),
+        ({"block_q": True}, TypeError, "block_q"),
+        ({"is_causal": "yes"}, TypeError, "is_causal"),
+        (
+            {"is_causal": True, "attn_mask": np.ones((4, 6), bool)},
+            ValueError,
+            "attn_mask",
+        ),
+        ({"attn_mask": np.ones((4, 6), int)}, TypeError, "attn_mask"),
+        ({"attn_mask": np.ones((5, 6), bool)}, ValueError, "attn_mask"),
+        ({"scale": "0.5"}, TypeError, "scale"),
+        ({"enable_gqa": True}, ValueError, "enable_gqa"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, error, words):
     rng = np.random.default_rng(0)
-    q, k, v = rng.standard_normal((4, 8)), rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
+    q, k, v = (
+        rng.standard_normal((4, 8)),
+        rng.standard_normal((6, 8)),
+        rng.standard_normal((6, 8)),
+    )
     with pytest.raises(error, match=words):
         tiled_attention_forward(q, k, v, **kwargs)
 
 
 def test_bad_arrays_and_dout_are_named():
     rng = np.random.default_rng(0)
-    q, k, v = rng.standard_normal((2, 4, 8)), rng.standard_normal((2, 6, 8)), rng.standard_normal((2, 6, 8))
+    q, k, v = (
+        rng.standard_normal((2, 4, 8)),
+        rng.standard_normal((2, 6, 8)),
+        rng.standard_normal((2, 6, 8)),
+    )
     with pytest.raises(ValueError, match="same last dimension"):
         tiled_attention_forward(q, k[..., :4], v)
     with pytest.raises(ValueError, match="sequence length"):
@@ -204,8 +247,12 @@ def test_bad_arrays_and_dout_are_named():
     with pytest.raises(TypeError, match="query"):
         tiled_attention_forward(q.astype(int), k, v)
     with pytest.raises(ValueError, match="query heads"):
-        tiled_attention_forward(rng.standard_normal((1, 3, 4, 8)), rng.standard_normal((1, 2, 6, 8)),
-                                rng.standard_normal((1, 2, 6, 8)), enable_gqa=True)
+        tiled_attention_forward(
+            rng.standard_normal((1, 3, 4, 8)),
+            rng.standard_normal((1, 2, 6, 8)),
+            rng.standard_normal((1, 2, 6, 8)),
+            enable_gqa=True,
+        )
     _, cache = tiled_attention_forward(q, k, v)
     with pytest.raises(ValueError, match="dout"):
         tiled_attention_backward(np.ones((2, 4, 7)), cache)
@@ -227,6 +274,7 @@ def test_threaded_query_blocks_match_serial_and_torch(is_causal):
     # Large enough for mha.parallel's pool (work above MIN_PARALLEL_SIZE): the query blocks run in
     # threads with the BLAS on one thread; every block is computed as in the serial run.
     from mha import parallel
+
     rng, q, k, v = _case(np.float32, (1, 4, 300, 32), (1, 4, 300, 32), 32, 12)
     assert parallel.MIN_PARALLEL_SIZE < 4 * 300 * (32 + 300)
     dout = rng.standard_normal((1, 4, 300, 32)).astype(np.float32)
@@ -235,8 +283,12 @@ def test_threaded_query_blocks_match_serial_and_torch(is_causal):
     try:
         for n in (1, 2):
             parallel.set_num_threads(n)
-            out, cache = tiled_attention_forward(q, k, v, is_causal=is_causal, block_q=64, block_k=96)
-            results.append((out, cache["skipped"], *tiled_attention_backward(dout, cache)))
+            out, cache = tiled_attention_forward(
+                q, k, v, is_causal=is_causal, block_q=64, block_k=96
+            )
+            results.append(
+                (out, cache["skipped"], *tiled_attention_backward(dout, cache))
+            )
     finally:
         parallel.set_num_threads(before)
     for serial, threaded in zip(*results):
@@ -250,14 +302,20 @@ def test_threaded_query_blocks_match_serial_and_torch(is_causal):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("window", [1, 3, 8, 40])
 @pytest.mark.parametrize("block_q, block_k", [(1, 1), (3, 5), (8, 4), (64, 64)])
-def test_sliding_window_matches_the_explicit_mask_in_torch(dtype, window, block_q, block_k):
+def test_sliding_window_matches_the_explicit_mask_in_torch(
+    dtype, window, block_q, block_k
+):
     from mha.tiled import sliding_window_mask
+
     rng, q, k, v = _case(dtype, (2, 3, 21, 8), (2, 3, 21, 8), 6, window)
-    out, cache = tiled_attention_forward(q, k, v, is_causal=True, window=window, block_q=block_q,
-                                         block_k=block_k)
+    out, cache = tiled_attention_forward(
+        q, k, v, is_causal=True, window=window, block_q=block_q, block_k=block_k
+    )
     dout = rng.standard_normal(out.shape).astype(dtype)
     grads = tiled_attention_backward(dout, cache)
-    expected = _torch_reference(q, k, v, dout, attn_mask=sliding_window_mask(21, 21, window))
+    expected = _torch_reference(
+        q, k, v, dout, attn_mask=sliding_window_mask(21, 21, window)
+    )
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
         np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype], err_msg=name)
     assert cache["skipped"] == causal_blocks(21, 21, block_q, block_k, window)[1]
@@ -265,24 +323,42 @@ def test_sliding_window_matches_the_explicit_mask_in_torch(dtype, window, block_
 
 def test_sliding_window_skips_the_tiles_left_of_every_window():
     from mha.tiled import sliding_window_mask
+
     mask = sliding_window_mask(5, 5, 2)
-    np.testing.assert_array_equal(mask, np.tril(np.ones((5, 5), bool)) & ~np.tril(np.ones((5, 5), bool), -2))
+    np.testing.assert_array_equal(
+        mask, np.tril(np.ones((5, 5), bool)) & ~np.tril(np.ones((5, 5), bool), -2)
+    )
     # 16 x 16 in 4 x 4 tiles, window 4: the diagonal and the tile just left of it, 7 of 16 computed
     assert causal_blocks(16, 16, 4, 4) == (10, 6)
     assert causal_blocks(16, 16, 4, 4, window=4) == (7, 9)
-    assert causal_blocks(16, 16, 4, 4, window=100) == (10, 6)   # a window longer than the sequence: causal
+    # a window longer than the sequence: causal
+    assert causal_blocks(16, 16, 4, 4, window=100) == (
+        10,
+        6,
+    )
     rng, q, k, v = _case(np.float64, (1, 16, 4), (1, 16, 4), 4, 0)
-    out, cache = tiled_attention_forward(q, k, v, is_causal=True, window=4, block_q=4, block_k=4)
+    out, cache = tiled_attention_forward(
+        q, k, v, is_causal=True, window=4, block_q=4, block_k=4
+    )
     assert cache["skipped"] == 9
-    np.testing.assert_allclose(out, mha.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(16, 16, 4)),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        out,
+        mha.scaled_dot_product_attention(
+            q, k, v, attn_mask=sliding_window_mask(16, 16, 4)
+        ),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"window": 4}, ValueError, "needs is_causal=True"),
-    ({"window": 0, "is_causal": True}, ValueError, "window"),
-    ({"window": 2.0, "is_causal": True}, TypeError, "window"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"window": 4}, ValueError, "needs is_causal=True"),
+        ({"window": 0, "is_causal": True}, ValueError, "window"),
+        ({"window": 2.0, "is_causal": True}, TypeError, "window"),
+    ],
+)
 def test_bad_window_is_named(kwargs, error, words):
     rng, q, k, v = _case(np.float64, (4, 8), (6, 8), 8, 0)
     with pytest.raises(error, match=words):

@@ -20,10 +20,14 @@ import sys
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-GITHUB = re.compile(r"^https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$")
+GITHUB = re.compile(
+    r"^https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$"
+)
 REF = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
 # A git URL as pip takes it, with an optional @ref: in notebooks, README and CONTRIBUTING.
-GIT_URL = re.compile(r"git\+(https://github\.com/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?)(?:\.git)?(@[A-Za-z0-9_./-]+)?(?=[\"'\s)`]|$)")
+GIT_URL = re.compile(
+    r"git\+(https://github\.com/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?)(?:\.git)?(@[A-Za-z0-9_./-]+)?(?=[\"'\s)`]|$)"
+)
 PAGES_URL = re.compile(r"https://[A-Za-z0-9_.-]+\.github\.io/[A-Za-z0-9_.-]+/?")
 DOCS = ("README.md", "CONTRIBUTING.md")
 
@@ -62,7 +66,10 @@ def _rewrite_text(text: str, url: str, ref: str) -> str:
 
 def _rewrite_config(text: str, url: str, ref: str) -> str:
     def field(text, section, key, value):
-        pattern = re.compile(rf"(^{section}:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+{key}:[ \t]*)([^\n#]*?)([ \t]*(?:#.*)?)$", re.M)
+        pattern = re.compile(
+            rf"(^{section}:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+{key}:[ \t]*)([^\n#]*?)([ \t]*(?:#.*)?)$",
+            re.M,
+        )
         if not pattern.search(text):
             raise ValueError(f"_config.yml: no {section}.{key} to write")
         return pattern.sub(lambda m: m.group(1) + value + m.group(3), text, count=1)
@@ -83,17 +90,24 @@ def write(url: str, ref: str = "main", root: pathlib.Path = ROOT) -> list[str]:
         changed.append("_config.yml")
     for name in DOCS:
         path = root / name
-        if path.exists() and (new := _rewrite_text(path.read_text(), url, ref)) != path.read_text():
+        if (
+            path.exists()
+            and (new := _rewrite_text(path.read_text(), url, ref)) != path.read_text()
+        ):
             path.write_text(new)
             changed.append(name)
     for path in notebooks(root):
         nb = json.loads(path.read_text())
         touched = False
         for cell in nb["cells"]:
-            lines = cell["source"] if isinstance(cell["source"], list) else [cell["source"]]
+            lines = (
+                cell["source"] if isinstance(cell["source"], list) else [cell["source"]]
+            )
             new_lines = [_rewrite_text(line, url, ref) for line in lines]
             if new_lines != lines:
-                cell["source"] = new_lines if isinstance(cell["source"], list) else new_lines[0]
+                cell["source"] = (
+                    new_lines if isinstance(cell["source"], list) else new_lines[0]
+                )
                 touched = True
         if touched:
             # The layout Jupyter writes (indent 1, non-ASCII kept, final newline): a minimal diff.
@@ -108,11 +122,18 @@ def disagreements(root: pathlib.Path = ROOT) -> list[str]:
     config = yaml.safe_load((root / "_config.yml").read_text())
     problems = []
     if (config.get("html") or {}).get("baseurl") != pages_url(url):
-        problems.append(f"_config.yml: html.baseurl is {config.get('html', {}).get('baseurl')!r}, not {pages_url(url)!r}")
-    texts = [(name, (root / name).read_text()) for name in DOCS if (root / name).exists()]
+        problems.append(
+            f"_config.yml: html.baseurl is {config.get('html', {}).get('baseurl')!r}, not {pages_url(url)!r}"
+        )
+    texts = [
+        (name, (root / name).read_text()) for name in DOCS if (root / name).exists()
+    ]
     for path in notebooks(root):
         rel = str(path.relative_to(root))
-        sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in json.loads(path.read_text())["cells"]]
+        sources = [
+            "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in json.loads(path.read_text())["cells"]
+        ]
         code = "\n".join(sources)
         if "google.colab" not in code:
             problems.append(f"{rel}: no Colab bootstrap cell")
@@ -132,7 +153,9 @@ def disagreements(root: pathlib.Path = ROOT) -> list[str]:
 def main(argv: list[str]) -> int:
     if argv == ["--check"]:
         problems = disagreements()
-        print("\n".join(problems) or f"every place installs from {'@'.join(configured())}")
+        print(
+            "\n".join(problems) or f"every place installs from {'@'.join(configured())}"
+        )
         return 1 if problems else 0
     if len(argv) not in (1, 2) or argv[0].startswith("-"):
         print(__doc__, file=sys.stderr)

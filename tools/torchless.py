@@ -26,13 +26,19 @@ REASON = "needs torch (torch-free run on Colab's Python)"
 def pytest_make_collect_report(collector):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and isinstance(collector, pytest.Module) and any(m in str(report.longrepr) for m in _MISSING):
+    if (
+        report.failed
+        and isinstance(collector, pytest.Module)
+        and any(m in str(report.longrepr) for m in _MISSING)
+    ):
         report.outcome = "skipped"
         report.longrepr = (str(collector.path), 0, f"Skipped: {REASON}")
 
 
 def _imported_by_allowed_code(excinfo) -> bool:
-    if not (excinfo.errisinstance(ModuleNotFoundError) and excinfo.value.name == "torch"):
+    if not (
+        excinfo.errisinstance(ModuleNotFoundError) and excinfo.value.name == "torch"
+    ):
         return False
     importer = pathlib.Path(str(excinfo.traceback[-1].path)).resolve()
     return any(importer == place or place in importer.parents for place in _ALLOWED)
@@ -42,6 +48,10 @@ def _imported_by_allowed_code(excinfo) -> bool:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and call.excinfo is not None and _imported_by_allowed_code(call.excinfo):
+    if (
+        report.failed
+        and call.excinfo is not None
+        and _imported_by_allowed_code(call.excinfo)
+    ):
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {REASON}")

@@ -24,4 +24,6 @@ def __getattr__(name):
     try:
         return importlib.import_module(f".{name}", __name__)
     except ModuleNotFoundError:
-        raise AttributeError(f"module 'mha.exercises' has no attribute {name!r}") from None
+        raise AttributeError(
+            f"module 'mha.exercises' has no attribute {name!r}"
+        ) from None

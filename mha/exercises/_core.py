@@ -6,9 +6,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..verify import max_abs_diff
 
-def check_function(answer: Callable, reference: Callable, cases: Sequence[tuple], *, name: str,
-                   atol: float = 1e-6, hint: str = "") -> bool | None:
+
+def check_function(
+    answer: Callable,
+    reference: Callable,
+    cases: Sequence[tuple],
+    *,
+    name: str,
+    atol: float = 1e-6,
+    hint: str = "",
+) -> bool | None:
     """Call ``answer(*case)`` and ``reference(*case)`` for every case and compare.
 
     Prints a verdict and returns True (all cases agree within ``atol``),
@@ -25,12 +34,17 @@ def check_function(answer: Callable, reference: Callable, cases: Sequence[tuple]
             print(f"Not attempted yet: {name} still raises NotImplementedError.")
             return None
         except Exception as exc:  # the reader's code may fail in any way: report it, do not crash the notebook
-            print(f"Not quite: {name} raised {type(exc).__name__}: {exc} (test case {i + 1}).")
+            print(
+                f"Not quite: {name} raised {type(exc).__name__}: {exc} (test case {i + 1})."
+            )
             return False
         expected = reference(*case)
         problem = _difference(got, expected, atol)
         if problem:
-            print(f"Not quite: test case {i + 1} of {len(cases)}: {problem}." + (f" Hint: {hint}" if hint else ""))
+            print(
+                f"Not quite: test case {i + 1} of {len(cases)}: {problem}."
+                + (f" Hint: {hint}" if hint else "")
+            )
             return False
     print(f"Correct: {name} agrees with the reference on all {len(cases)} test cases.")
     return True
@@ -40,7 +54,9 @@ def _difference(got, expected, atol: float) -> str:
     """Empty string when ``got`` matches ``expected``, else what differs."""
     if isinstance(expected, tuple):
         if not isinstance(got, tuple) or len(got) != len(expected):
-            return f"expected a tuple of {len(expected)} arrays, got {type(got).__name__}"
+            return (
+                f"expected a tuple of {len(expected)} arrays, got {type(got).__name__}"
+            )
         for j, (g, e) in enumerate(zip(got, expected)):
             problem = _difference(g, e, atol)
             if problem:
@@ -56,11 +72,11 @@ def _difference(got, expected, atol: float) -> str:
             return f"dtype {got.dtype}, expected a bool array"
         wrong = int(np.sum(got != expected))
         return f"{wrong} entries differ" if wrong else ""
-    if not np.issubdtype(got.dtype, np.number):
-        return f"dtype {got.dtype}, expected numbers"
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    if np.isnan(diff).any() and not np.array_equal(np.isnan(got), np.isnan(expected)):
+    if got.dtype.kind not in "iuf":
+        return f"dtype {got.dtype}, expected real numbers"
+    worst = max_abs_diff(got, expected)  # NaN where only one of them has NaN
+    if np.isnan(worst):
         return "NaN where the reference has a number (or the reverse)"
-    worst = float(np.nanmax(diff)) if diff.size else 0.0
-    return f"max |difference| = {worst:.2e} (allowed {atol:.0e})" if worst > atol else ""
+    return (
+        f"max |difference| = {worst:.2e} (allowed {atol:.0e})" if worst > atol else ""
+    )

@@ -26,8 +26,15 @@ def call_reader(function: Callable, name: str):
         return False, None
 
 
-def check_name(function: Callable, *, name: str, choices: tuple, answer: str,
-               explanations: dict, correct: str) -> bool | None:
+def check_name(
+    function: Callable,
+    *,
+    name: str,
+    choices: tuple,
+    answer: str,
+    explanations: dict,
+    correct: str,
+) -> bool | None:
     """``function()`` must return ``answer``, one of ``choices``; a wrong choice prints its
     explanation (what that bug would look like instead)."""
     ok, got = call_reader(function, name)
@@ -43,23 +50,39 @@ def check_name(function: Callable, *, name: str, choices: tuple, answer: str,
     return True
 
 
-def check_prediction(function: Callable, *, name: str, labels: tuple, truth: tuple,
-                     why: dict) -> bool | None:
+def check_prediction(
+    function: Callable, *, name: str, labels: tuple, truth: tuple, why: dict
+) -> bool | None:
     """``function()`` returns one bool per label; ``truth`` comes from running the experiment."""
     ok, got = call_reader(function, name)
     if not ok:
         return ok
-    if not isinstance(got, (tuple, list)) or len(got) != len(labels) \
-            or not all(isinstance(g, bool) for g in got):
-        print(wrap(f"Not quite: {name} must return {len(labels)} bools (True or False), "
-                   f"one per case, got {got!r}."))
+    if (
+        not isinstance(got, (tuple, list))
+        or len(got) != len(labels)
+        or not all(isinstance(g, bool) for g in got)
+    ):
+        print(
+            wrap(
+                f"Not quite: {name} must return {len(labels)} bools (True or False), "
+                f"one per case, got {got!r}."
+            )
+        )
         return False
     wrong = [i for i, (g, t) in enumerate(zip(got, truth)) if g != t]
     if wrong:
         i = wrong[0]
-        print(wrap(f"Not quite: {len(wrong)} of {len(labels)} predictions are off. Case "
-                   f"{i + 1}, {labels[i]}: it is {truth[i]}. {why[i]}"))
+        print(
+            wrap(
+                f"Not quite: {len(wrong)} of {len(labels)} predictions are off. Case "
+                f"{i + 1}, {labels[i]}: it is {truth[i]}. {why[i]}"
+            )
+        )
         return False
-    print(wrap(f"Correct: all {len(labels)} predictions agree with the experiment "
-               f"({', '.join(str(t) for t in truth)})."))
+    print(
+        wrap(
+            f"Correct: all {len(labels)} predictions agree with the experiment "
+            f"({', '.join(str(t) for t in truth)})."
+        )
+    )
     return True

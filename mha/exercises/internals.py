@@ -20,8 +20,12 @@ import torch
 
 from ._core import check_function as _check_function
 
-__all__ = ["check_predict_routes", "check_name_the_option", "mystery_outputs",
-           "COMMON_MISTAKES"]
+__all__ = [
+    "check_predict_routes",
+    "check_name_the_option",
+    "mystery_outputs",
+    "COMMON_MISTAKES",
+]
 
 _SEED = 15
 OPTIONS = ("add_bias_kv", "add_zero_attn", "neither")
@@ -34,6 +38,7 @@ def _wrap(text: str) -> str:
 
 # --- predict: which calls take the fast path? --------------------------------------------
 
+
 def _measured_routes() -> tuple[bool, ...]:
     """Run the four calls of the exercise with a spy on torch's fused kernel."""
     torch.manual_seed(_SEED)
@@ -44,16 +49,23 @@ def _measured_routes() -> tuple[bool, ...]:
         (torch.no_grad, (x, x, x), {}),
         (torch.no_grad, (x, x.clone(), x.clone()), {}),
         (torch.inference_mode, (x, x, x), {"attn_mask": torch.zeros(6, 6)}),
-        (torch.inference_mode, (x, x, x),
-         {"key_padding_mask": torch.zeros(2, 6, dtype=torch.bool)}),
+        (
+            torch.inference_mode,
+            (x, x, x),
+            {"key_padding_mask": torch.zeros(2, 6, dtype=torch.bool)},
+        ),
     ]
     routes = []
     for context, args, kwargs in calls:
-        if native is None:                     # the private operator is gone: no fast path
+        if native is None:  # the private operator is gone: no fast path
             routes.append(False)
             continue
-        with context(), mock.patch.object(torch, "_native_multi_head_attention",
-                                          wraps=native) as spy:
+        with (
+            context(),
+            mock.patch.object(
+                torch, "_native_multi_head_attention", wraps=native
+            ) as spy,
+        ):
             m(*args, **kwargs)
         routes.append(bool(spy.called))
     return tuple(routes)
@@ -63,21 +75,31 @@ def check_predict_routes(predict_routes) -> bool | None:
     """``predict_routes()`` -> four bools: the fast path taken for calls 1 to 4?"""
     measured = _measured_routes()
     if measured != _ROUTES_ON_2_13:
-        print(_wrap(f"Note: torch {torch.__version__} routes these calls as {measured}; "
-                    f"torch 2.13 routes them as {_ROUTES_ON_2_13}. The check uses yours."))
+        print(
+            _wrap(
+                f"Note: torch {torch.__version__} routes these calls as {measured}; "
+                f"torch 2.13 routes them as {_ROUTES_ON_2_13}. The check uses yours."
+            )
+        )
 
     def as_bools():
         got = predict_routes()
         return None if got is None else np.asarray(got, dtype=bool)
 
-    return _check_function(as_bools, lambda: np.asarray(measured), [()],
-                           name="predict_routes", atol=0.0,
-                           hint="the fast path needs query, key and value to be one tensor "
-                                "(an equal copy is not enough) and no float mask; a bool "
-                                "key_padding_mask is allowed.")
+    return _check_function(
+        as_bools,
+        lambda: np.asarray(measured),
+        [()],
+        name="predict_routes",
+        atol=0.0,
+        hint="the fast path needs query, key and value to be one tensor "
+        "(an equal copy is not enough) and no float mask; a bool "
+        "key_padding_mask is allowed.",
+    )
 
 
 # --- diagnose: which option lost its key on the hint route? -------------------------------
+
 
 def _mystery_module() -> torch.nn.MultiheadAttention:
     torch.manual_seed(_SEED + 1)
@@ -91,22 +113,27 @@ def _mystery_module() -> torch.nn.MultiheadAttention:
 def mystery_outputs():
     """({"explicit", "hint", "weights_route"} -> (2, 6, 16) arrays, the torch module)."""
     module = _mystery_module()
-    x = torch.from_numpy(np.random.default_rng(_SEED).standard_normal((2, 6, 16))
-                         .astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(_SEED).standard_normal((2, 6, 16)).astype(np.float32)
+    )
     causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)
-    runs = {"explicit": {"need_weights": False},
-            "hint": {"need_weights": False, "is_causal": True},
-            "weights_route": {"need_weights": True, "is_causal": True}}
-    outputs = {name: module(x, x, x, attn_mask=causal, **kwargs)[0].detach().numpy()
-               for name, kwargs in runs.items()}
+    runs = {
+        "explicit": {"need_weights": False},
+        "hint": {"need_weights": False, "is_causal": True},
+        "weights_route": {"need_weights": True, "is_causal": True},
+    }
+    outputs = {
+        name: module(x, x, x, attn_mask=causal, **kwargs)[0].detach().numpy()
+        for name, kwargs in runs.items()
+    }
     return outputs, module
 
 
 _WHY = {
     "add_bias_kv": "an add_bias_kv module has bias_k and bias_v among its parameters; "
-                   "this one has not",
+    "this one has not",
     "neither": "without an extra key the hint route would agree with the mask alone; "
-               "here it does not",
+    "here it does not",
 }
 
 
@@ -125,12 +152,20 @@ def check_name_the_option(name_the_option) -> bool | None:
         print(_wrap(f"Not quite: {name} must return one of {OPTIONS}, got {got!r}."))
         return False
     if got != "add_zero_attn":
-        print(_wrap(f"Not quite: {_WHY[got]}. Which outputs agree, and which parameters "
-                    "does the module have?"))
+        print(
+            _wrap(
+                f"Not quite: {_WHY[got]}. Which outputs agree, and which parameters "
+                "does the module have?"
+            )
+        )
         return False
-    print(_wrap("Correct: add_zero_attn. The hint route differs from the mask alone (its "
-                "causal mask hides the extra key), the need_weights=True route agrees with "
-                "it, and the module has no bias_k: the extra key is the zero key."))
+    print(
+        _wrap(
+            "Correct: add_zero_attn. The hint route differs from the mask alone (its "
+            "causal mask hides the extra key), the need_weights=True route agrees with "
+            "it, and the module has no bias_k: the extra key is the zero key."
+        )
+    )
     return True
 
 

@@ -27,8 +27,17 @@ from ..attention import MultiHeadAttention
 from ._core import check_function as _check_function
 from ._naming import call_reader, check_name, wrap
 
-__all__ = ["check_weights_shapes", "SHAPE_CASES", "check_mask_bug", "mystery_weights", "MASK_BUGS",
-           "check_padding_mask", "check_expand_mask", "check_call_sequence_first", "COMMON_MISTAKES"]
+__all__ = [
+    "check_weights_shapes",
+    "SHAPE_CASES",
+    "check_mask_bug",
+    "mystery_weights",
+    "MASK_BUGS",
+    "check_padding_mask",
+    "check_expand_mask",
+    "check_call_sequence_first",
+    "COMMON_MISTAKES",
+]
 
 _SEED = 5
 
@@ -39,21 +48,42 @@ def _rng(offset: int) -> np.random.Generator:
 
 # ----------------------------------------------------------------- predict: the weights' shapes
 
-E_SHAPES, H_SHAPES = 16, 4          # embed_dim and num_heads of every module below
+E_SHAPES, H_SHAPES = 16, 4  # embed_dim and num_heads of every module below
 
 # (what the reader is told, constructor options, forward options, (query shape, key shape))
 SHAPE_CASES = (
-    ("batch_first=False, input (5, 2, 16) = (L, N, E), need_weights=True",
-     {"batch_first": False}, {"need_weights": True}, ((5, 2, 16), None)),
-    ("cross-attention, queries (2, 4, 16), keys and values (2, 7, 16), need_weights=True, "
-     "average_attn_weights=False", {}, {"need_weights": True, "average_attn_weights": False},
-     ((2, 4, 16), (2, 7, 16))),
-    ("add_bias_kv=True and add_zero_attn=True, input (2, 5, 16), need_weights=True",
-     {"add_bias_kv": True, "add_zero_attn": True}, {"need_weights": True}, ((2, 5, 16), None)),
-    ("unbatched input (5, 16), need_weights=True, average_attn_weights=False",
-     {}, {"need_weights": True, "average_attn_weights": False}, ((5, 16), None)),
-    ("batch_first=True, but the input (5, 2, 16) is sequence-first data (L = 5, N = 2), "
-     "need_weights=True", {}, {"need_weights": True}, ((5, 2, 16), None)),
+    (
+        "batch_first=False, input (5, 2, 16) = (L, N, E), need_weights=True",
+        {"batch_first": False},
+        {"need_weights": True},
+        ((5, 2, 16), None),
+    ),
+    (
+        "cross-attention, queries (2, 4, 16), keys and values (2, 7, 16), need_weights=True, "
+        "average_attn_weights=False",
+        {},
+        {"need_weights": True, "average_attn_weights": False},
+        ((2, 4, 16), (2, 7, 16)),
+    ),
+    (
+        "add_bias_kv=True and add_zero_attn=True, input (2, 5, 16), need_weights=True",
+        {"add_bias_kv": True, "add_zero_attn": True},
+        {"need_weights": True},
+        ((2, 5, 16), None),
+    ),
+    (
+        "unbatched input (5, 16), need_weights=True, average_attn_weights=False",
+        {},
+        {"need_weights": True, "average_attn_weights": False},
+        ((5, 16), None),
+    ),
+    (
+        "batch_first=True, but the input (5, 2, 16) is sequence-first data (L = 5, N = 2), "
+        "need_weights=True",
+        {},
+        {"need_weights": True},
+        ((5, 2, 16), None),
+    ),
 )
 
 _SHAPES_WHY = (
@@ -73,9 +103,13 @@ def _weights_shapes():
     rng = _rng(3)
     shapes = []
     for _, options, forward, (q_shape, k_shape) in SHAPE_CASES:
-        module = MultiHeadAttention(E_SHAPES, H_SHAPES, seed=int(rng.integers(1000)), **options)
+        module = MultiHeadAttention(
+            E_SHAPES, H_SHAPES, seed=int(rng.integers(1000)), **options
+        )
         query = rng.standard_normal(q_shape).astype(np.float32)
-        key = None if k_shape is None else rng.standard_normal(k_shape).astype(np.float32)
+        key = (
+            None if k_shape is None else rng.standard_normal(k_shape).astype(np.float32)
+        )
         _, weights = module(query, key, **forward)
         shapes.append(tuple(int(n) for n in weights.shape))
     return tuple(shapes)
@@ -93,15 +127,23 @@ def check_weights_shapes(predict_weights_shapes) -> bool | None:
     except (TypeError, ValueError):
         got = None
     if got is None or len(got) != len(truth):
-        print(wrap(f"Not quite: {name} must return {len(truth)} shapes, tuples of ints such "
-                   "as (2, 5, 5), one per case."))
+        print(
+            wrap(
+                f"Not quite: {name} must return {len(truth)} shapes, tuples of ints such "
+                "as (2, 5, 5), one per case."
+            )
+        )
         return False
     wrong = [i for i in range(len(truth)) if got[i] != truth[i]]
     if wrong:
         i = wrong[0]
-        print(wrap(f"Not quite: {len(wrong)} of {len(truth)} shapes are off. Case {i + 1} "
-                   f"({SHAPE_CASES[i][0]}): you said {got[i]}, the weights are {truth[i]}. "
-                   f"{_SHAPES_WHY[i]}"))
+        print(
+            wrap(
+                f"Not quite: {len(wrong)} of {len(truth)} shapes are off. Case {i + 1} "
+                f"({SHAPE_CASES[i][0]}): you said {got[i]}, the weights are {truth[i]}. "
+                f"{_SHAPES_WHY[i]}"
+            )
+        )
         return False
     print(f"Correct: all {len(truth)} shapes agree with the calls:")
     print("  " + "   ".join(str(t) for t in truth))
@@ -117,8 +159,13 @@ def _weights_shapes_sequence_first():
 
 SENTENCES = ("the cat sat", "a dog ran to the park", "birds sing")
 
-MASK_BUGS = ("mask polarity", "np.tile instead of np.repeat", "queries masked instead of keys",
-             "attention_mask added as a 0/1 float mask", "batch_first misread")
+MASK_BUGS = (
+    "mask polarity",
+    "np.tile instead of np.repeat",
+    "queries masked instead of keys",
+    "attention_mask added as a 0/1 float mask",
+    "batch_first misread",
+)
 
 
 def _mystery_call():
@@ -130,10 +177,11 @@ def _mystery_call():
     x = rng.standard_normal((N, S, E_SHAPES)).astype(np.float32)
     module = MultiHeadAttention(E_SHAPES, H, seed=int(rng.integers(1000)))
     module.b_Q, module.b_K, module.b_V, module.b_O = (
-        0.5 * rng.standard_normal(E_SHAPES).astype(np.float32) for _ in range(4))
-    padding = np.arange(S)[None, :] >= lengths[:, None]              # (N, S), True = padding
-    per_sequence = np.broadcast_to(padding[:, None, :], (N, S, S))   # (N, L, S)
-    mask = np.tile(per_sequence, (H, 1, 1))                          # the bug: head-major rows
+        0.5 * rng.standard_normal(E_SHAPES).astype(np.float32) for _ in range(4)
+    )
+    padding = np.arange(S)[None, :] >= lengths[:, None]  # (N, S), True = padding
+    per_sequence = np.broadcast_to(padding[:, None, :], (N, S, S))  # (N, L, S)
+    mask = np.tile(per_sequence, (H, 1, 1))  # the bug: head-major rows
     return module, x, padding, mask
 
 
@@ -142,34 +190,40 @@ def mystery_weights():
     six words: self-attention with a 3-D ``attn_mask`` built from the padding, with one bug
     from :data:`MASK_BUGS` (which one is the exercise)."""
     module, x, _, mask = _mystery_call()
-    _, weights = module(x, attn_mask=mask, need_weights=True, average_attn_weights=False)
+    _, weights = module(
+        x, attn_mask=mask, need_weights=True, average_attn_weights=False
+    )
     return weights
 
 
 _MASK_LOOKS = {
     "mask polarity": "the weights would sit on the <pad> columns only, the same in all four "
-                     "heads of a sentence, and sentence 1 (no padding) would have every key "
-                     "blocked: rows of zeros.",
+    "heads of a sentence, and sentence 1 (no padding) would have every key "
+    "blocked: rows of zeros.",
     "queries masked instead of keys": "the <pad> rows would be empty and every column "
-                                      "filled, the same in all four heads of a sentence.",
+    "filled, the same in all four heads of a sentence.",
     "attention_mask added as a 0/1 float mask": "no weight would be exactly zero: the "
-                                                "<pad> columns would only be a little "
-                                                "dimmer, the same in every head.",
+    "<pad> columns would only be a little "
+    "dimmer, the same in every head.",
     "batch_first misread": "the maps would not be 6 x 6 per sentence: the module would read "
-                           "the six positions as the batch and attend across the three "
-                           "sentences.",
+    "the six positions as the batch and attend across the three "
+    "sentences.",
 }
 
 
 def check_mask_bug(name_the_bug) -> bool | None:
     """``name_the_bug()`` -> one of MASK_BUGS, the bug behind ``mystery_weights``."""
     return check_name(
-        name_the_bug, name="name_the_bug", choices=MASK_BUGS,
-        answer="np.tile instead of np.repeat", explanations=_MASK_LOOKS,
+        name_the_bug,
+        name="name_the_bug",
+        choices=MASK_BUGS,
+        answer="np.tile instead of np.repeat",
+        explanations=_MASK_LOOKS,
         correct="np.tile instead of np.repeat. The rows of the 3-D mask are head-major, "
-                "h * N + n, but torch reads row n * num_heads + h: head h of sentence n "
-                "gets the mask of sentence (n * 4 + h) mod 3, so the heads of one "
-                "sentence disagree about where its padding is.")
+        "h * N + n, but torch reads row n * num_heads + h: head h of sentence n "
+        "gets the mask of sentence (n * 4 + h) mod 3, so the heads of one "
+        "sentence disagree about where its padding is.",
+    )
 
 
 # ----------------------------------------------------------------- reference solutions
@@ -177,19 +231,20 @@ def check_mask_bug(name_the_bug) -> bool | None:
 
 def _padding_mask(lengths, S):
     lengths = np.asarray(lengths)
-    return np.arange(S)[None, :] >= lengths[:, None]          # (1, S) vs (N, 1) -> (N, S): True past the end
+    # (1, S) vs (N, 1) -> (N, S): True past the end
+    return np.arange(S)[None, :] >= lengths[:, None]
 
 
 def _expand_mask(mask, N, num_heads):
     mask = np.asarray(mask)
-    if mask.ndim == 2:                                          # one (L, S) mask for every sequence
-        mask = np.broadcast_to(mask, (N, *mask.shape))          # -> (N, L, S)
-    return np.repeat(mask, num_heads, axis=0)                   # row n * num_heads + h = mask[n]
+    if mask.ndim == 2:  # one (L, S) mask for every sequence
+        mask = np.broadcast_to(mask, (N, *mask.shape))  # -> (N, L, S)
+    return np.repeat(mask, num_heads, axis=0)  # row n * num_heads + h = mask[n]
 
 
 def _call_sequence_first(module, x):
-    out = module(x.transpose(1, 0, 2))                          # (L, N, E) -> (N, L, E)
-    return out.transpose(1, 0, 2)                               # (N, L, E) -> (L, N, E)
+    out = module(x.transpose(1, 0, 2))  # (L, N, E) -> (N, L, E)
+    return out.transpose(1, 0, 2)  # (N, L, E) -> (L, N, E)
 
 
 # ----------------------------------------------------------------- checks
@@ -203,9 +258,15 @@ def check_padding_mask(padding_mask) -> bool | None:
         N = int(rng.integers(1, 6))
         S = int(rng.integers(1, 10))
         cases.append(([int(n) for n in rng.integers(0, S + 1, size=N)], S))
-    return _check_function(padding_mask, _padding_mask, cases, name="padding_mask", atol=0.0,
-                           hint="nn.MultiheadAttention reads True as *blocked*: the padding positions "
-                                "(position >= length) must be True, the real words False.")
+    return _check_function(
+        padding_mask,
+        _padding_mask,
+        cases,
+        name="padding_mask",
+        atol=0.0,
+        hint="nn.MultiheadAttention reads True as *blocked*: the padding positions "
+        "(position >= length) must be True, the real words False.",
+    )
 
 
 def check_expand_mask(expand_mask) -> bool | None:
@@ -214,17 +275,32 @@ def check_expand_mask(expand_mask) -> bool | None:
     cases = []
     # (N, H, L, S, per_sequence, bool): the first cases have N, H >= 2 and one mask per sequence,
     # where the order of the rows matters
-    for N, H, L, S, per_sequence, boolean in [(2, 3, 4, 5, True, True), (3, 2, 3, 3, True, False),
-                                              (2, 4, 5, 4, False, True), (1, 2, 3, 6, True, True),
-                                              (4, 1, 2, 3, True, False), (3, 2, 4, 4, False, False)]:
+    for N, H, L, S, per_sequence, boolean in [
+        (2, 3, 4, 5, True, True),
+        (3, 2, 3, 3, True, False),
+        (2, 4, 5, 4, False, True),
+        (1, 2, 3, 6, True, True),
+        (4, 1, 2, 3, True, False),
+        (3, 2, 4, 4, False, False),
+    ]:
         shape = (N, L, S) if per_sequence else (L, S)
-        mask = rng.random(shape) < 0.4 if boolean else rng.standard_normal(shape).astype(np.float32)
+        mask = (
+            rng.random(shape) < 0.4
+            if boolean
+            else rng.standard_normal(shape).astype(np.float32)
+        )
         cases.append((mask, N, H))
-    return _check_function(expand_mask, _expand_mask, cases, name="expand_mask", atol=0.0,
-                           hint="torch reads the (N * num_heads, L, S) mask as (N, num_heads, L, S): the "
-                                "num_heads rows of sequence 0 come first, then those of sequence 1. Each "
-                                "sequence's mask must be repeated num_heads times in a row, "
-                                "not the whole batch num_heads times over.")
+    return _check_function(
+        expand_mask,
+        _expand_mask,
+        cases,
+        name="expand_mask",
+        atol=0.0,
+        hint="torch reads the (N * num_heads, L, S) mask as (N, num_heads, L, S): the "
+        "num_heads rows of sequence 0 come first, then those of sequence 1. Each "
+        "sequence's mask must be repeated num_heads times in a row, "
+        "not the whole batch num_heads times over.",
+    )
 
 
 def check_call_sequence_first(call_sequence_first) -> bool | None:
@@ -232,28 +308,37 @@ def check_call_sequence_first(call_sequence_first) -> bool | None:
     rng = _rng(2)
     cases = []
     for L, N, E, H in [(5, 3, 8, 2), (4, 2, 12, 3), (2, 6, 4, 1)]:
-        module = MultiHeadAttention(E, H, seed=int(rng.integers(1000)))   # batch_first=True
-        module.b_Q, module.b_O = (rng.standard_normal(E).astype(np.float32) for _ in range(2))
+        # batch_first=True
+        module = MultiHeadAttention(E, H, seed=int(rng.integers(1000)))
+        module.b_Q, module.b_O = (
+            rng.standard_normal(E).astype(np.float32) for _ in range(2)
+        )
         cases.append((module, rng.standard_normal((L, N, E)).astype(np.float32)))
-    return _check_function(call_sequence_first, _call_sequence_first, cases, name="call_sequence_first",
-                           atol=1e-6,
-                           hint="(L, N, E) -> (N, L, E) swaps two axes: use x.transpose(1, 0, 2) (or "
-                                "np.swapaxes(x, 0, 1)). A reshape to (N, L, E) keeps the memory order and "
-                                "mixes tokens of different sequences. Swap the output back the same way.")
+    return _check_function(
+        call_sequence_first,
+        _call_sequence_first,
+        cases,
+        name="call_sequence_first",
+        atol=1e-6,
+        hint="(L, N, E) -> (N, L, E) swaps two axes: use x.transpose(1, 0, 2) (or "
+        "np.swapaxes(x, 0, 1)). A reshape to (N, L, E) keeps the memory order and "
+        "mixes tokens of different sequences. Swap the output back the same way.",
+    )
 
 
 # ----------------------------------------------------------------- typical wrong answers
 
 
 def _padding_mask_attend_polarity(lengths, S):
-    return np.arange(S)[None, :] < np.asarray(lengths)[:, None]   # SDPA's polarity: True = attend
+    # SDPA's polarity: True = attend
+    return np.arange(S)[None, :] < np.asarray(lengths)[:, None]
 
 
 def _expand_mask_head_major(mask, N, num_heads):
     mask = np.asarray(mask)
     if mask.ndim == 2:
         mask = np.broadcast_to(mask, (N, *mask.shape))
-    return np.tile(mask, (num_heads, 1, 1))                       # row h * N + n: head-major
+    return np.tile(mask, (num_heads, 1, 1))  # row h * N + n: head-major
 
 
 def _call_sequence_first_reshape(module, x):

@@ -20,8 +20,14 @@ import numpy as np
 from ..optim import Adam
 from ._core import check_function as _check_function
 
-__all__ = ["check_first_step_size", "check_diagnosis", "check_adamw_step", "mystery_adam", "ADAM_BUGS",
-           "COMMON_MISTAKES"]
+__all__ = [
+    "check_first_step_size",
+    "check_diagnosis",
+    "check_adamw_step",
+    "mystery_adam",
+    "ADAM_BUGS",
+    "COMMON_MISTAKES",
+]
 
 _SEED = 2009
 
@@ -32,6 +38,7 @@ def _rng(offset: int) -> np.random.Generator:
 
 # --- first_step_size (predict) ------------------------------------------------------------------
 
+
 def _adam_first_step(lr, grad):
     p = np.zeros_like(grad)
     Adam({"p": p}, lr=lr).step({"p": grad})
@@ -41,40 +48,59 @@ def _adam_first_step(lr, grad):
 def check_first_step_size(first_step_size):
     """``first_step_size(lr, grad)`` -> |change| of each element after one Adam step (default betas, eps)."""
     rng = _rng(1)
-    cases = [(1e-3, rng.standard_normal(5)), (3e-3, 1e3 * rng.standard_normal((2, 3))),
-             (1e-2, 1e-3 * rng.standard_normal(4)), (0.5, np.array([-2.0, 7.0, 1e-2]))]
-    ok = _check_function(first_step_size, _adam_first_step, cases, name="first_step_size", atol=1e-6,
-                         hint="at t = 1, m = (1 - beta1) g and v = (1 - beta2) g^2; the bias corrections "
-                              "divide them by exactly those factors, so m_hat / sqrt(v_hat) = g / |g|.")
+    cases = [
+        (1e-3, rng.standard_normal(5)),
+        (3e-3, 1e3 * rng.standard_normal((2, 3))),
+        (1e-2, 1e-3 * rng.standard_normal(4)),
+        (0.5, np.array([-2.0, 7.0, 1e-2])),
+    ]
+    ok = _check_function(
+        first_step_size,
+        _adam_first_step,
+        cases,
+        name="first_step_size",
+        atol=1e-6,
+        hint="at t = 1, m = (1 - beta1) g and v = (1 - beta2) g^2; the bias corrections "
+        "divide them by exactly those factors, so m_hat / sqrt(v_hat) = g / |g|.",
+    )
     if ok:
-        print("Adam's first step moves every parameter by lr, whatever the size of its gradient "
-              "(up to eps): only the gradient's sign counts. That is why a gradient of pure rounding "
-              "noise still moves a parameter.")
+        print(
+            "Adam's first step moves every parameter by lr, whatever the size of its gradient "
+            "(up to eps): only the gradient's sign counts. That is why a gradient of pure rounding "
+            "noise still moves a parameter."
+        )
     return ok
 
 
 def _first_step_proportional_to_gradient(lr, grad):
-    return lr * np.abs(grad)                              # plain gradient descent's step, not Adam's
+    return lr * np.abs(grad)  # plain gradient descent's step, not Adam's
 
 
 # --- diagnosis (diagnose) -----------------------------------------------------------------------
 
 ADAM_BUGS = (
-    "no bias correction",            # m and v used without dividing by 1 - beta^t
-    "eps inside the square root",    # sqrt(v_hat + eps) instead of sqrt(v_hat) + eps
-    "betas swapped",                 # beta1 for v, beta2 for m
-    "gradient ascent",               # p += ... instead of p -= ...
+    "no bias correction",  # m and v used without dividing by 1 - beta^t
+    "eps inside the square root",  # sqrt(v_hat + eps) instead of sqrt(v_hat) + eps
+    "betas swapped",  # beta1 for v, beta2 for m
+    "gradient ascent",  # p += ... instead of p -= ...
 )
 
 
-def mystery_adam(grads, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8) -> np.ndarray:
+def mystery_adam(
+    grads, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8
+) -> np.ndarray:
     """Adam with one of :data:`ADAM_BUGS`: the parameters (steps, ...) after each step, from zeros."""
     beta1, beta2 = betas
-    p, m, v, out = np.zeros_like(grads[0]), np.zeros_like(grads[0]), np.zeros_like(grads[0]), []
+    p, m, v, out = (
+        np.zeros_like(grads[0]),
+        np.zeros_like(grads[0]),
+        np.zeros_like(grads[0]),
+        [],
+    )
     for g in grads:
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
-        p = p - lr * m / (np.sqrt(v) + eps)               # the bias corrections are missing
+        p = p - lr * m / (np.sqrt(v) + eps)  # the bias corrections are missing
         out.append(p.copy())
     return np.array(out)
 
@@ -93,11 +119,15 @@ def check_diagnosis(diagnosis):
         print(f"Not quite: diagnosis() must return one of {ADAM_BUGS}, got {answer!r}.")
         return False
     if answer != ADAM_BUGS[0]:
-        print(f"Not quite: {answer!r} does not explain the ratios above. Hint: work out the first "
-              "step (t = 1, m and v start at zero) for each suspect; which one gives 3.16?")
+        print(
+            f"Not quite: {answer!r} does not explain the ratios above. Hint: work out the first "
+            "step (t = 1, m and v start at zero) for each suspect; which one gives 3.16?"
+        )
         return False
-    print("Correct: without the bias corrections the first step is (1 - beta1) / sqrt(1 - beta2) = 3.16 "
-          "times too large, and the error fades as beta1^t and beta2^t go to zero.")
+    print(
+        "Correct: without the bias corrections the first step is (1 - beta1) / sqrt(1 - beta2) = 3.16 "
+        "times too large, and the error fades as beta1^t and beta2^t go to zero."
+    )
     return True
 
 
@@ -107,13 +137,20 @@ def _wrong_diagnosis():
 
 # --- adamw_step (build) -------------------------------------------------------------------------
 
+
 def _adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay):
     import torch
+
     param = torch.tensor(p, requires_grad=True)
-    opt = torch.optim.AdamW([param], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    if t > 1:                                             # resume from the given state
-        opt.state[param] = {"step": torch.tensor(float(t - 1)), "exp_avg": torch.tensor(m),
-                            "exp_avg_sq": torch.tensor(v)}
+    opt = torch.optim.AdamW(
+        [param], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
+    )
+    if t > 1:  # resume from the given state
+        opt.state[param] = {
+            "step": torch.tensor(float(t - 1)),
+            "exp_avg": torch.tensor(m),
+            "exp_avg_sq": torch.tensor(v),
+        }
     param.grad = torch.tensor(g)
     opt.step()
     state = opt.state[param]
@@ -124,24 +161,35 @@ def check_adamw_step(adamw_step):
     """``adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay)`` -> new (p, m, v), as torch.optim.AdamW."""
     rng = _rng(3)
     cases = []
-    for t, shape, wd in ((1, (4,), 0.01), (5, (2, 3), 0.1), (50, (3,), 0.0), (2, (2, 2), 1.0)):
+    for t, shape, wd in (
+        (1, (4,), 0.01),
+        (5, (2, 3), 0.1),
+        (50, (3,), 0.0),
+        (2, (2, 2), 1.0),
+    ):
         p, g = rng.standard_normal(shape), rng.standard_normal(shape)
         m = 0.1 * rng.standard_normal(shape) if t > 1 else np.zeros(shape)
         v = 0.1 * rng.random(shape) if t > 1 else np.zeros(shape)
         cases.append((p, g, m, v, t, 1e-2, (0.9, 0.999), 1e-8, wd))
-    return _check_function(adamw_step, _adamw_step, cases, name="adamw_step", atol=1e-12,
-                           hint="AdamW shrinks the parameter itself, p <- p * (1 - lr * weight_decay), "
-                                "before the Adam update, and leaves the gradient alone; Adam's L2 penalty "
-                                "adds weight_decay * p to the gradient instead. t counts from 1.")
+    return _check_function(
+        adamw_step,
+        _adamw_step,
+        cases,
+        name="adamw_step",
+        atol=1e-12,
+        hint="AdamW shrinks the parameter itself, p <- p * (1 - lr * weight_decay), "
+        "before the Adam update, and leaves the gradient alone; Adam's L2 penalty "
+        "adds weight_decay * p to the gradient instead. t counts from 1.",
+    )
 
 
 def _adamw_as_adam_l2(p, g, m, v, t, lr, betas, eps, weight_decay):
     beta1, beta2 = betas
-    g = g + weight_decay * p                              # Adam's L2 penalty: not AdamW
+    g = g + weight_decay * p  # Adam's L2 penalty: not AdamW
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
-    denom = np.sqrt(v) / np.sqrt(1 - beta2 ** t) + eps
-    return p - lr / (1 - beta1 ** t) * m / denom, m, v
+    denom = np.sqrt(v) / np.sqrt(1 - beta2**t) + eps
+    return p - lr / (1 - beta1**t) * m / denom, m, v
 
 
 COMMON_MISTAKES = {
