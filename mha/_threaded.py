@@ -5,7 +5,10 @@
 ``attention_backward``, same signatures -- that share their work out to the
 thread pool of :mod:`mha.parallel`; or :mod:`mha.functional` itself when the
 work is small or one thread is asked for. Each element is computed by the same
-operations in the same order either way, so the results are bitwise equal.
+operations in the same order either way, so the results are bitwise equal to
+the serial code's with the BLAS on one thread. (The BLAS's own threads may change
+a last bit on some versions: OpenBLAS 0.3.27, in numpy 2.0.2's wheel, does for a
+(1000, 40) @ (40, 53) float64 product; tests/test_parallel.py keeps the two apart.)
 """
 
 from __future__ import annotations
