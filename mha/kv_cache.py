@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._checks import as_float_array, float_dtype, positive_int, rng_from_seed
+from .attention import MultiHeadAttention
 from .functional import linear, merge_heads, scaled_dot_product_attention, split_heads
 
 __all__ = [
@@ -37,7 +39,7 @@ def kv_cache_bytes(
     num_kv_heads: int,
     head_dim: int,
     length: int,
-    dtype=np.float32,
+    dtype: DTypeLike = np.float32,
 ) -> int:
     """Bytes of keys and values for ``length`` positions: 2 * layers * N * Hkv * length * hd * itemsize."""
     num_layers, batch_size = (
@@ -76,7 +78,7 @@ def bottom_right_causal_mask(L: int, S: int) -> np.ndarray:
     return np.tril(np.ones((L, S), dtype=bool), k=S - L)
 
 
-def _non_negative_int(value, name: str) -> int:
+def _non_negative_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(
             f"{name} must be a non-negative int, got {value!r} ({type(value).__name__})"
@@ -102,8 +104,8 @@ class KVCache:
         *,
         num_layers: int = 1,
         capacity: int | None = None,
-        dtype=np.float32,
-    ):
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         self.batch_size = positive_int(batch_size, "batch_size")
         self.num_kv_heads = positive_int(num_kv_heads, "num_kv_heads")
         self.head_dim = positive_int(head_dim, "head_dim")
@@ -133,13 +135,15 @@ class KVCache:
         """Bytes held by the key and value buffers (allocated, not only filled)."""
         return sum(a.nbytes for a in self._keys + self._values)
 
-    def read(self, layer: int = 0):
+    def read(self, layer: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Views ``(keys, values)`` of ``layer``'s cached positions, (N, Hkv, length, hd) each."""
         layer = self._layer(layer)
         n = self._length[layer]
         return self._keys[layer][:, :, :n], self._values[layer][:, :, :n]
 
-    def update(self, layer: int, k, v):
+    def update(
+        self, layer: int, k: np.ndarray, v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Append ``k``, ``v`` (N, Hkv, T, hd) to ``layer``; returns :meth:`read` of it afterwards."""
         layer = self._layer(layer)
         expected = (self.batch_size, self.num_kv_heads, "T", self.head_dim)
@@ -181,19 +185,28 @@ class KVCache:
             buffers[layer] = np.zeros(old.shape[:2] + (size, old.shape[3]), self.dtype)
             buffers[layer][:, :, : old.shape[2]] = old
 
-    def _layer(self, layer) -> int:
-        if (
-            isinstance(layer, bool)
-            or not isinstance(layer, (int, np.integer))
-            or not 0 <= layer < self.num_layers
-        ):
+    def _layer(self, layer: object) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(
+                f"layer must be an int in [0, {self.num_layers}), got {layer!r} "
+                f"({type(layer).__name__})"
+            )
+        if not 0 <= layer < self.num_layers:
             raise ValueError(
                 f"layer must be an int in [0, {self.num_layers}), got {layer!r}"
             )
         return int(layer)
 
 
-def _step_arguments(x, cache, layer, E, Hkv, hd, dtype):
+def _step_arguments(
+    x: ArrayLike,
+    cache: object,
+    layer: int,
+    E: int,
+    Hkv: int,
+    hd: int,
+    dtype: np.dtype,
+) -> np.ndarray:
     """Checks of a decode step: x (N, T, E) of the weights' dtype, a cache of matching shape."""
     if not isinstance(cache, KVCache):
         raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
@@ -216,7 +229,9 @@ def _step_arguments(x, cache, layer, E, Hkv, hd, dtype):
     return x
 
 
-def _weight_arguments(weights, num_heads):
+def _weight_arguments(
+    weights: object, num_heads: object
+) -> tuple[np.ndarray, np.ndarray, int, int, int]:
     """Checks of a decode step's weights: (W_Q, W_K, E, head_dim, Hkv)."""
     if not isinstance(weights, dict):
         raise TypeError(
@@ -260,7 +275,11 @@ def _weight_arguments(weights, num_heads):
 
 
 def decode_step(
-    x, weights: dict, num_heads: int, cache: KVCache, layer: int = 0
+    x: ArrayLike,
+    weights: dict[str, np.ndarray],
+    num_heads: int,
+    cache: KVCache,
+    layer: int = 0,
 ) -> np.ndarray:
     """Self-attention of T new tokens over the cache and themselves: x (N, T, E) -> (N, T, E).
 
@@ -284,8 +303,14 @@ def decode_step(
     return linear(merge_heads(heads), weights["W_O"], weights.get("b_O"))
 
 
-def mha_decode_step(module, x, cache: KVCache, layer: int = 0) -> np.ndarray:
+def mha_decode_step(
+    module: MultiHeadAttention, x: ArrayLike, cache: KVCache, layer: int = 0
+) -> np.ndarray:
     """:func:`decode_step` with the weights of a :class:`mha.MultiHeadAttention`; x (N, T, E)."""
+    if not isinstance(module, MultiHeadAttention):
+        raise TypeError(
+            f"module must be a mha.MultiHeadAttention, got {type(module).__name__}"
+        )
     if (
         module.bias_k is not None
         or module.add_zero_attn
@@ -312,9 +337,9 @@ class GroupedQueryAttention:
         num_heads: int,
         num_kv_heads: int,
         *,
-        seed=None,
-        dtype=np.float32,
-    ):
+        seed: int | np.random.Generator | None = None,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         self.d_model = positive_int(d_model, "d_model")
         self.num_heads = positive_int(num_heads, "num_heads")
         self.num_kv_heads = positive_int(num_kv_heads, "num_kv_heads")
@@ -347,10 +372,15 @@ class GroupedQueryAttention:
             dtype=self.weights["W_Q"].dtype,
         )
 
-    def forward(self, x) -> np.ndarray:
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Full causal attention over x (N, L, E) -> (N, L, E), every score computed."""
         w = self.weights
         x = as_float_array(x, "x", w["W_Q"].dtype)
+        if x.ndim < 2 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"x must have shape (N, L, E) with E = d_model = {self.d_model}, "
+                f"got {x.shape}"
+            )
         # (N, L, E) -> (N, H, L, hd)
         q = split_heads(linear(x, w["W_Q"]), self.num_heads)
         # (N, L, Hkv*hd) -> (N, Hkv, L, hd)
@@ -361,6 +391,6 @@ class GroupedQueryAttention:
 
     __call__ = forward
 
-    def step(self, x, cache: KVCache) -> np.ndarray:
+    def step(self, x: ArrayLike, cache: KVCache) -> np.ndarray:
         """:func:`decode_step` with these weights: x (N, T, E) new tokens -> (N, T, E)."""
         return decode_step(x, self.weights, self.num_heads, cache)

@@ -15,10 +15,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
 from .verify import abs_diff, as_float64
+
+__all__ = ["attention_map", "error_range", "error_heatmap", "error_histogram", "glue"]
 
 _AUTO_ANNOTATE_MAX_CELLS = 100
 _DIFF_LABEL = "|actual \u2212 expected|"
@@ -382,6 +385,18 @@ def glue(name: str, fig: Any) -> None:
     does). Outside a book build (Colab, Jupyter) this just shows the figure.
     The figure is closed afterwards so that it is not shown twice.
     """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"name must be a str (the figure's key in the book), got {name!r} "
+            f"({type(name).__name__})"
+        )
+    if not name:
+        raise ValueError("name must be a non-empty str (the figure's key in the book)")
+    if not isinstance(fig, Figure):
+        raise TypeError(
+            "fig must be a matplotlib Figure (e.g. the first item that attention_map "
+            f"returns), got {type(fig).__name__}"
+        )
     try:
         from myst_nb import glue as myst_glue  # type: ignore[import-untyped]
     except ImportError:

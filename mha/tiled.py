@@ -16,8 +16,10 @@ with ``enable_gqa=True`` query has ``Hq`` heads on axis -3 and key/value ``Hkv``
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import parallel
 from ._checks import as_float_array, positive_int, sdpa_arguments
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 
-def online_softmax(x, block: int = 4) -> np.ndarray:
+def online_softmax(x: ArrayLike, block: int = 4) -> np.ndarray:
     """Softmax along the last axis of ``x`` in one pass over blocks of ``block`` entries.
 
     Keeps, per row, the maximum ``m`` seen so far and ``l = sum exp(x_j - m)``; when a block
@@ -61,16 +63,28 @@ def _finite(m: np.ndarray) -> np.ndarray:
 
 
 def _arguments(
-    query, key, value, attn_mask, is_causal, scale, enable_gqa, block_q, block_k, window
-):
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    attn_mask: ArrayLike | None,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+    block_q: int,
+    block_k: int,
+    window: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int, int, int | None]:
     """All checks in one place: SDPA's rules, then the block sizes and the window."""
-    query, key, value, attn_mask = sdpa_arguments(
+    if value is None:  # sdpa_arguments skips the value checks for None
+        raise TypeError("value must be an array, got None")
+    query, key, checked, attn_mask = sdpa_arguments(
         query, key, value, attn_mask, is_causal, scale, enable_gqa
     )
+    assert checked is not None  # an array came in, an array comes out
     return (
         query,
         key,
-        value,
+        checked,
         attn_mask,
         positive_int(block_q, "block_q"),
         positive_int(block_k, "block_k"),
@@ -78,7 +92,7 @@ def _arguments(
     )
 
 
-def _window(window, is_causal) -> int | None:
+def _window(window: object, is_causal: bool) -> int | None:
     if window is None:
         return None
     window = positive_int(window, "window")
@@ -113,7 +127,13 @@ def _skip(
     return window is not None and j + bk - 1 <= i - window
 
 
-def _grouped(query, key, value, attn_mask, enable_gqa):
+def _grouped(
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    attn_mask: np.ndarray | None,
+    enable_gqa: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, tuple[int, ...]]:
     """Views with a group axis so that one matmul serves every query head of a key/value head.
 
     Returns q (B..., G, g, L, E), k (B..., G, 1, S, E), v (B..., G, 1, S, Ev), mask
@@ -149,7 +169,7 @@ def _grouped(query, key, value, attn_mask, enable_gqa):
     return q, k, v, mask, batch + (L, value.shape[-1])
 
 
-def _work(q, k) -> int:
+def _work(q: np.ndarray, k: np.ndarray) -> int:
     """Elements of work of one pass, for mha.parallel's threshold: queries times (features + keys)."""
     return int(np.prod(q.shape[:-1])) * (q.shape[-1] + k.shape[-2])
 
@@ -178,7 +198,15 @@ def causal_blocks(
     return computed, skipped
 
 
-def _scores(qi, kj, mask, is_causal, i, j, window=None):
+def _scores(
+    qi: np.ndarray,
+    kj: np.ndarray,
+    mask: np.ndarray | None,
+    is_causal: bool,
+    i: int,
+    j: int,
+    window: int | None = None,
+) -> np.ndarray:
     """One block of scores (..., bq, bk) with the mask applied: -inf where a key is blocked."""
     s = qi @ np.swapaxes(kj, -1, -2)  # (..., bq, E) @ (..., E, bk) -> (..., bq, bk)
     bq, bk = s.shape[-2:]
@@ -196,17 +224,17 @@ def _scores(qi, kj, mask, is_causal, i, j, window=None):
 
 
 def tiled_attention_forward(
-    query,
-    key,
-    value,
-    attn_mask=None,
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    attn_mask: ArrayLike | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
     block_q: int = 128,
     block_k: int = 512,
     window: int | None = None,
-):
+) -> tuple[np.ndarray, dict[str, Any]]:
     """``F.scaled_dot_product_attention`` computed in tiles: returns ``(out, cache)``.
 
     out (..., L, Ev); ``cache["lse"]`` (..., L) is each query's log-sum-exp of its scaled,
@@ -295,7 +323,9 @@ def tiled_attention_forward(
     return out.reshape(out_shape), cache  # (..., G, g, L, Ev) -> (..., L, Ev)
 
 
-def tiled_attention_backward(dout, cache: dict):
+def tiled_attention_backward(
+    dout: ArrayLike, cache: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`tiled_attention_forward`: returns ``(dq, dk, dv)``.
 
     dout (..., L, Ev). Each block's weights are recomputed as ``exp(s - lse)``; with
@@ -303,8 +333,13 @@ def tiled_attention_backward(dout, cache: dict):
     row sum ``sum_j p_j dp_j`` equals ``D``). No (L, S) array is formed.
     """
     if not isinstance(cache, dict) or "lse" not in cache or "block_q" not in cache:
+        got = (
+            f"a dict with keys {list(cache)}"
+            if isinstance(cache, dict)
+            else type(cache).__name__
+        )
         raise TypeError(
-            f"cache must be the dict that tiled_attention_forward returned, got {type(cache).__name__}"
+            f"cache must be the dict that tiled_attention_forward returned, got {got}"
         )
     query, key, value = cache["query"], cache["key"], cache["value"]
     is_causal, scale, bq_size, bk_size = (
@@ -361,8 +396,23 @@ def tiled_attention_backward(dout, cache: dict):
 
 
 def _backward_rows(
-    i, q, k, v, mask, do, D, lse, dq, dk, dv, dt, is_causal, bq_size, bk_size, window
-):
+    i: int,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    do: np.ndarray,
+    D: np.ndarray,
+    lse: np.ndarray,
+    dq: np.ndarray,
+    dk: np.ndarray,
+    dv: np.ndarray,
+    dt: np.floating,
+    is_causal: bool,
+    bq_size: int,
+    bk_size: int,
+    window: int | None,
+) -> None:
     """One block of queries of the backward: adds to dq[i:i + bq], and to every dk, dv block it sees."""
     S = k.shape[-2]
     qi = q[..., i : i + bq_size, :] * dt  # (..., bq, E)
@@ -390,10 +440,10 @@ def _backward_rows(
 
 
 def tiled_attention(
-    query,
-    key,
-    value,
-    attn_mask=None,
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    attn_mask: ArrayLike | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,

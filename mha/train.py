@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._checks import positive_int, rng_from_seed
+from ._checks import as_float_array, flag, positive_int, rng_from_seed
 from .losses import cross_entropy, cross_entropy_backward
 from .optim import Adam
 from .verify import max_abs_diff
@@ -95,11 +95,28 @@ def _rows(tokens: ArrayLike) -> frozenset[bytes]:
 
 
 def accuracy(
-    logits: ArrayLike, targets: np.ndarray, *, per_position: bool = False
+    logits: ArrayLike, targets: ArrayLike, *, per_position: bool = False
 ) -> float | np.ndarray:
-    """Share of scored positions whose largest logit is the target (per position: an (L,) array)."""
-    scored = targets != IGNORE
-    right = (np.asarray(logits).argmax(axis=-1) == targets) & scored
+    """Share of scored positions whose largest logit is the target (per position: an (L,) array).
+
+    logits (..., V) and integer targets (...), ``IGNORE`` where a position is not scored.
+    """
+    z = as_float_array(logits, "logits")
+    if z.ndim < 1 or z.shape[-1] == 0:
+        raise ValueError(
+            f"logits must have a class axis (..., V) with V >= 1 last, got shape {z.shape}"
+        )
+    y = np.asarray(targets)
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        raise TypeError(f"targets must hold integer class indices, got dtype {y.dtype}")
+    if y.shape != z.shape[:-1]:
+        raise ValueError(
+            f"targets must have the logits' shape without the class axis, {z.shape[:-1]} "
+            f"for logits {z.shape}, got {y.shape}"
+        )
+    per_position = flag(per_position, "per_position")
+    scored = y != IGNORE
+    right = (z.argmax(axis=-1) == y) & scored
     if per_position:  # NaN where no position is scored
         with np.errstate(invalid="ignore"):
             return right.sum(axis=0) / scored.sum(axis=0)
@@ -145,6 +162,16 @@ def fit(
     every step, the largest |difference| of each parameter. ``progress``: a progress
     bar (tqdm, on stderr); None shows it only where a person watches.
     """
+    from .model import TinyTransformer
+
+    if not isinstance(model, TinyTransformer):
+        raise TypeError(
+            f"model must be a mha.model.TinyTransformer, got {type(model).__name__}"
+        )
+    if not isinstance(task, SequenceTask):
+        raise TypeError(
+            f"task must be a mha.train.SequenceTask, got {type(task).__name__}"
+        )
     steps = positive_int(steps, "steps")
     rng = rng_from_seed(seed)
     seen = None if held_out is None else _rows(held_out)

@@ -291,7 +291,12 @@ def entry_point(call: Callable[[], Any]) -> str | None:
             # m(x) is m.forward(x): the layer's __call__ only passes it on
             frames.pop(0)
         if frames:
-            return f"{frames[0].f_globals['__name__']}.{frames[0].f_code.co_qualname}"
+            name = f"{frames[0].f_globals['__name__']}.{frames[0].f_code.co_qualname}"
+            if name.endswith(".__post_init__"):
+                # a dataclass checks in __post_init__, called by the __init__ it generated
+                # (which has no file, so no frame of its own here)
+                name = name.removesuffix(".__post_init__") + ".__init__"
+            return name
     return None
 
 

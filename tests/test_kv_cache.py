@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import entry_points, public_entry_points
 
 import mha
+from mha import kv_cache
 from mha.kv_cache import (
     GroupedQueryAttention,
     KVCache,
@@ -161,81 +163,222 @@ def test_multi_layer_generation_keeps_layers_apart():
     np.testing.assert_allclose(np.concatenate(outs, axis=1), full, rtol=0, atol=1e-12)
 
 
-def test_bad_arguments_are_named():
-    m = _module(np.float32)
-    cache = KVCache(2, 4, 6)
-    x = np.zeros((2, 1, 24), np.float32)
-    with pytest.raises(ValueError, match="batch size 3"):
-        mha_decode_step(m, np.zeros((3, 1, 24), np.float32), cache)
-    with pytest.raises(TypeError, match="float32"):
-        mha_decode_step(m, x.astype(np.float64), cache)
-    with pytest.raises(ValueError, match="E = 24"):
-        mha_decode_step(m, np.zeros((2, 1, 12), np.float32), cache)
-    with pytest.raises(ValueError, match="Hkv=2"):
-        mha_decode_step(m, x, KVCache(2, 2, 6))
-    with pytest.raises(TypeError, match="cache"):
-        mha_decode_step(m, x, None)
-    with pytest.raises(ValueError, match="layer"):
-        mha_decode_step(m, x, cache, layer=1)
-    with pytest.raises(ValueError, match="add_bias_kv"):
-        mha_decode_step(
-            mha.MultiHeadAttention(24, 4, add_bias_kv=True, seed=0), x, cache
-        )
-    with pytest.raises(ValueError, match="capacity"):
-        KVCache(1, 1, 1, capacity=0)
-    with pytest.raises(TypeError, match="num_kv_heads"):
-        KVCache(1, 1.5, 1)
-    with pytest.raises(TypeError, match="dtype"):
-        cache.update(0, np.zeros((2, 4, 1, 6)), np.zeros((2, 4, 1, 6)))
-    with pytest.raises(ValueError, match="shape"):
-        cache.update(
-            0, np.zeros((2, 4, 1, 5), np.float32), np.zeros((2, 4, 1, 5), np.float32)
-        )
-    with pytest.raises(ValueError, match="num_kv_heads"):
-        GroupedQueryAttention(24, 4, 3)
-    assert len(cache) == 0  # nothing was appended by a failed call
+# The misuse cases share these; a failed call must not append to either cache.
+_M = _module(np.float32)
+_CACHE = KVCache(2, 4, 6)
+_X = np.zeros((2, 1, 24), np.float32)
+_GQA = GroupedQueryAttention(24, 4, 2, seed=0)
+_GQA_CACHE = _GQA.new_cache(1)
+_W = _GQA.weights
+_X1 = np.zeros((1, 1, 24), np.float32)
+_K = np.zeros((2, 4, 1, 6), np.float32)
+
+# Misuse of every public function: (call, error, regex naming the argument and what came).
+BAD = [
+    (
+        lambda: mha_decode_step(_M, np.zeros((3, 1, 24), np.float32), _CACHE),
+        ValueError,
+        r"x's batch size 3 differs from the cache's batch_size 2",
+    ),
+    (
+        lambda: mha_decode_step(_M, _X.astype(np.float64), _CACHE),
+        TypeError,
+        r"x must be float32 like the weights, got float64",
+    ),
+    (
+        lambda: mha_decode_step(_M, np.zeros((2, 1, 12), np.float32), _CACHE),
+        ValueError,
+        r"x must have shape \(N, T, E\) with E = 24 .*got \(2, 1, 12\)",
+    ),
+    (
+        lambda: mha_decode_step(_M, _X, KVCache(2, 2, 6)),
+        ValueError,
+        r"the cache holds \(Hkv=2, hd=6, float32\), the weights need \(Hkv=4",
+    ),
+    (
+        lambda: mha_decode_step(_M, _X, None),
+        TypeError,
+        r"cache must be a KVCache, got NoneType",
+    ),
+    (
+        lambda: mha_decode_step(_M, _X, _CACHE, layer=1),
+        ValueError,
+        r"layer must be an int in \[0, 1\), got 1",
+    ),
+    (
+        lambda: mha_decode_step(_M, _X, _CACHE, layer="0"),
+        TypeError,
+        r"layer must be an int in \[0, 1\), got '0' \(str\)",
+    ),
+    (
+        lambda: mha_decode_step(
+            mha.MultiHeadAttention(24, 4, add_bias_kv=True, seed=0), _X, _CACHE
+        ),
+        ValueError,
+        r"plain self-attention weights \(no add_bias_kv",
+    ),
+    (
+        # once an AttributeError ('dict' object has no attribute 'bias_k')
+        lambda: mha_decode_step(_M.parameters(), _X, _CACHE),
+        TypeError,
+        r"module must be a mha.MultiHeadAttention, got dict",
+    ),
+    (
+        lambda: KVCache(1, 1, 1, capacity=0),
+        ValueError,
+        r"capacity must be a positive int, got 0",
+    ),
+    (
+        lambda: KVCache(1, 1.5, 1),
+        TypeError,
+        r"num_kv_heads must be a positive int, got 1.5",
+    ),
+    (
+        lambda: KVCache(1, 1, 1, dtype=np.int32),
+        TypeError,
+        r"dtype must be np.float32 or np.float64, got int32",
+    ),
+    (
+        lambda: _CACHE.update(0, _K.astype(np.float64), _K),
+        TypeError,
+        r"k must be a float32 array \(the cache's dtype\), got float64",
+    ),
+    (
+        lambda: _CACHE.update(0, _K[..., :5], _K[..., :5]),
+        ValueError,
+        r"k must have shape \(N, Hkv, T, hd\) = \(2, 4, 'T', 6\), got \(2, 4, 1, 5\)",
+    ),
+    (
+        lambda: _CACHE.update(0, _K, np.zeros((2, 4, 2, 6), np.float32)),
+        ValueError,
+        r"k and v must have the same shape, got \(2, 4, 1, 6\) and \(2, 4, 2, 6\)",
+    ),
+    (
+        lambda: KVCache(1, 1, 1, capacity=2).update(0, *(np.zeros((1, 1, 3, 1)),) * 2),
+        TypeError,
+        r"k must be a float32 array",
+    ),
+    (
+        lambda: _CACHE.read(2),
+        ValueError,
+        r"layer must be an int in \[0, 1\), got 2",
+    ),
+    (
+        lambda: GroupedQueryAttention(24, 4, 3),
+        ValueError,
+        r"divisible by num_heads \(4\) and num_heads by num_kv_heads \(3\)",
+    ),
+    (
+        lambda: GroupedQueryAttention(24, 4, 2, dtype=int),
+        TypeError,
+        r"dtype must be np.float32 or np.float64, got int64",
+    ),
+    (
+        lambda: _GQA.forward(np.zeros((1, 3, 12), np.float32)),
+        ValueError,
+        r"x must have shape \(N, L, E\) with E = d_model = 24, got \(1, 3, 12\)",
+    ),
+    (
+        lambda: _GQA(np.zeros((1, 3, 24), int)),
+        TypeError,
+        r"x must be a floating-point array, got integer dtype int64",
+    ),
+    (
+        lambda: _GQA.step(_X1, KVCache(1, 4, 6)),
+        ValueError,
+        r"the cache holds \(Hkv=4, hd=6, float32\), the weights need \(Hkv=2",
+    ),
+    (
+        lambda: decode_step(_X1, _W, 5, _GQA_CACHE),
+        ValueError,
+        r"num_heads \(5\) must divide W_Q's 24 output features",
+    ),
+    (
+        lambda: decode_step(_X1, _W, 0, _GQA_CACHE),
+        ValueError,
+        r"num_heads must be a positive int, got 0",
+    ),
+    (
+        lambda: decode_step(_X1, _W, "4", _GQA_CACHE),
+        TypeError,
+        r"num_heads must be a positive int, got '4' \(str\)",
+    ),
+    (
+        lambda: decode_step(_X1, {"W_Q": _W["W_Q"]}, 4, _GQA_CACHE),
+        ValueError,
+        r"weights must hold W_Q, W_K, W_V and W_O, missing W_K, W_V, W_O",
+    ),
+    (
+        lambda: decode_step(_X1, [_W], 4, _GQA_CACHE),
+        TypeError,
+        r"weights must be a dict of arrays .*, got list",
+    ),
+    (
+        lambda: decode_step(_X1, dict(_W, W_K=_W["W_K"][:, :6]), 4, _GQA_CACHE),
+        ValueError,
+        r"W_V must be \(24, 6\) like W_K .*got \(24, 12\)",
+    ),
+    (
+        lambda: decode_step(_X1, dict(_W, W_O=_W["W_O"][:, :18]), 4, _GQA_CACHE),
+        ValueError,
+        r"W_O \(24, 24\), got \(24, 12\) and \(24, 18\)",
+    ),
+    (
+        lambda: decode_step(_X1, dict(_W, W_K=_W["W_K"][:3]), 4, _GQA_CACHE),
+        ValueError,
+        r"W_K must be \(E, Hkv \* head_dim\) = \(24, Hkv \* 6\).*got \(3, 12\)",
+    ),
+    (
+        lambda: decode_step(_X1, dict(_W, W_V=[1]), 4, _GQA_CACHE),
+        ValueError,
+        r"weights\['W_V'\] must be a 2-D array \(in, out\), got list",
+    ),
+    (
+        lambda: kv_cache_bytes(1, 1, 1, 1, -1),
+        ValueError,
+        r"length must be a non-negative int, got -1",
+    ),
+    (
+        lambda: kv_cache_bytes(1, 1, 1, 1, 2.0),
+        TypeError,
+        r"length must be a non-negative int, got 2.0 \(float\)",
+    ),
+    (
+        lambda: kv_cache_bytes(1, 1, 0, 1, 1),
+        ValueError,
+        r"num_kv_heads must be a positive int, got 0",
+    ),
+    (
+        lambda: kv_cache_bytes(1, 1, 1, 1, 1, dtype=int),
+        TypeError,
+        r"dtype must be a NumPy float dtype .*got <class 'int'>",
+    ),
+    (
+        lambda: bottom_right_causal_mask(4, 2),
+        ValueError,
+        r"L \(the new queries\) must be at most S .*got L=4, S=2",
+    ),
+    (
+        lambda: bottom_right_causal_mask(0, 2),
+        ValueError,
+        r"L must be a positive int, got 0",
+    ),
+]
 
 
 @pytest.mark.parametrize(
-    "call, error, words",
-    [
-        (lambda w, c, x: decode_step(x, w, 5, c), ValueError, "num_heads"),
-        (lambda w, c, x: decode_step(x, w, 0, c), ValueError, "num_heads"),
-        (lambda w, c, x: decode_step(x, w, "4", c), TypeError, "num_heads"),
-        (
-            lambda w, c, x: decode_step(x, {"W_Q": w["W_Q"]}, 4, c),
-            ValueError,
-            "missing W_K, W_V, W_O",
-        ),
-        (lambda w, c, x: decode_step(x, [w], 4, c), TypeError, "weights"),
-        (
-            lambda w, c, x: decode_step(x, dict(w, W_K=w["W_K"][:, :6]), 4, c),
-            ValueError,
-            "W_V",
-        ),
-        (
-            lambda w, c, x: decode_step(x, dict(w, W_O=w["W_O"][:, :18]), 4, c),
-            ValueError,
-            "W_O",
-        ),
-        (
-            lambda w, c, x: decode_step(x, dict(w, W_K=w["W_K"][:3]), 4, c),
-            ValueError,
-            "W_K",
-        ),
-        (lambda w, c, x: kv_cache_bytes(1, 1, 1, 1, -1), ValueError, "length"),
-        (lambda w, c, x: kv_cache_bytes(1, 1, 0, 1, 1), ValueError, "num_kv_heads"),
-        (lambda w, c, x: kv_cache_bytes(1, 1, 1, 1, 1, dtype=int), TypeError, "dtype"),
-        (lambda w, c, x: bottom_right_causal_mask(4, 2), ValueError, "L=4, S=2"),
-        (lambda w, c, x: bottom_right_causal_mask(0, 2), ValueError, "L must be"),
-    ],
+    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
 )
-def test_bad_decode_arguments_are_named(call, error, words):
-    layer = GroupedQueryAttention(24, 4, 2, seed=0)
-    cache = layer.new_cache(1)
-    with pytest.raises(error, match=words):
-        call(layer.weights, cache, np.zeros((1, 1, 24), np.float32))
-    assert len(cache) == 0
+def test_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    # nothing was appended by a failed call
+    assert len(_CACHE) == 0 and len(_GQA_CACHE) == 0
+
+
+def test_every_function_of_the_module_has_a_bad_input_case():
+    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
+    assert public_entry_points(kv_cache) <= entry_points(call for call, _, _ in BAD)
 
 
 def test_kv_cache_bytes_of_half_precision():

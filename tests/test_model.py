@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from helpers import entry_points, public_entry_points
 
 from mha import model as model_module
+from mha import train as train_module
 from mha.losses import cross_entropy, cross_entropy_backward
 from mha.model import POSITIONAL, TinyTransformer, from_torch
 from mha.train import IGNORE, SequenceTask, accuracy, fit, watched
@@ -238,10 +239,84 @@ def test_task_targets():
     assert np.array_equal(copy[:, :2], np.full((2, 2), IGNORE)) and np.array_equal(
         copy[:, 2:], tokens[:, :3]
     )
-    with pytest.raises(ValueError, match=r"offset.*\[1, 5\).*5"):
-        SequenceTask("copy", 5, 10, offset=5)
-    with pytest.raises(ValueError, match=r"kind.*'sort'"):
-        SequenceTask("sort", 5, 10)
+
+
+_TASK = SequenceTask("reverse", L, V)
+
+TRAIN_BAD_CALLS = [  # (call, error, message)
+    (
+        lambda: SequenceTask("copy", 5, 10, offset=5),
+        ValueError,
+        r"offset must be in \[1, seq_len\) = \[1, 5\) for copy, got 5",
+    ),
+    (lambda: SequenceTask("sort", 5, 10), ValueError, r"kind must be one of .*'sort'"),
+    (
+        lambda: SequenceTask("copy", 0, 10, offset=1),
+        ValueError,
+        r"seq_len must be a positive int, got 0",
+    ),
+    (
+        lambda: fit(TinyTransformer(V, L), _TASK, steps=0),
+        ValueError,
+        r"steps must be a positive int, got 0",
+    ),
+    (
+        # once an AttributeError from inside ('list' object has no attribute 'parameters')
+        lambda: fit([TinyTransformer(V, L)], _TASK, steps=1),
+        TypeError,
+        r"model must be a mha.model.TinyTransformer, got list",
+    ),
+    (
+        lambda: fit(TinyTransformer(V, L), "reverse", steps=1),
+        TypeError,
+        r"task must be a mha.train.SequenceTask, got str",
+    ),
+    (
+        # once a NumPy broadcasting error
+        lambda: accuracy(np.zeros((2, L, V)), np.zeros((2, L - 1), int)),
+        ValueError,
+        r"targets must have the logits' shape without the class axis, \(2, 5\) "
+        r"for logits \(2, 5, 7\), got \(2, 4\)",
+    ),
+    (
+        # once a silent score: float targets compared with the argmax
+        lambda: accuracy(np.zeros((2, L, V)), np.zeros((2, L))),
+        TypeError,
+        r"targets must hold integer class indices, got dtype float64",
+    ),
+    (
+        lambda: accuracy(np.zeros((2, L, V), int), np.zeros((2, L), int)),
+        TypeError,
+        r"logits must be a floating-point array, got integer dtype int64",
+    ),
+    (
+        lambda: accuracy(np.zeros(()), np.zeros((), int)),
+        ValueError,
+        r"logits must have a class axis \(..., V\) .*got shape \(\)",
+    ),
+    (
+        lambda: accuracy(np.zeros((2, V)), np.zeros(2, int), per_position="yes"),
+        TypeError,
+        r"per_position must be True or False, got 'yes'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    TRAIN_BAD_CALLS,
+    ids=[f"bad-{i}" for i in range(len(TRAIN_BAD_CALLS))],
+)
+def test_bad_tasks_fits_and_accuracies(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_every_entry_point_of_the_training_loop_has_a_bad_input_case():
+    """Derived from TRAIN_BAD_CALLS' tracebacks (helpers.entry_point), as for the model."""
+    assert public_entry_points(train_module) <= entry_points(
+        c for c, _, _ in TRAIN_BAD_CALLS
+    )
 
 
 def test_samples_avoid_held_out_rows_and_repeat_with_the_seed():

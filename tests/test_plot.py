@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import entry_points, public_entry_points
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
@@ -158,37 +159,12 @@ def test_attention_map_rejects_bad_shapes(weights, message):
         plot.attention_map(weights)
 
 
-def test_attention_map_rejects_bad_labels_and_values():
-    w = np.ones((2, 3)) / 3
-    with pytest.raises(
-        ValueError,
-        match=r"query_labels must have one label per query "
-        r"position \(2\), got 3",
-    ):
-        plot.attention_map(w, query_labels=["a", "b", "c"])
-    with pytest.raises(ValueError, match=r"key_labels .* \(3\), got 2"):
-        plot.attention_map(w, key_labels=["a", "b"])
-    with pytest.raises(TypeError, match="key_labels must be a sequence"):
-        plot.attention_map(w, key_labels="abc")
-    with pytest.raises(TypeError, match="weights must hold real numbers, got dtype"):
-        plot.attention_map(np.array([["a", "b"]]))
-    with pytest.raises(TypeError, match="annotate must be None, True or False"):
-        plot.attention_map(w, annotate="yes")
-    with pytest.raises(ValueError, match="vmax must be greater than vmin"):
-        plot.attention_map(w, vmin=0.5, vmax=0.5)
-
-
 def test_attention_map_takes_a_tensor_requiring_grad():
     """Converted by mha.verify.as_float64 (detached, on the CPU), like every comparison's input."""
     torch = pytest.importorskip("torch")
     t = torch.tensor([[0.25, 0.75], [1.0, 0.0]], requires_grad=True)
     _, ax = plot.attention_map(t)
     np.testing.assert_array_equal(ax.images[0].get_array(), t.detach().numpy())
-
-
-def test_attention_map_refuses_a_ragged_list_by_name():
-    with pytest.raises(TypeError, match="weights must be array-like, got list"):
-        plot.attention_map([[0.5, 0.5], [1.0]])
 
 
 # ---------------------------------------------------------------- error_heatmap
@@ -345,25 +321,6 @@ def test_error_heatmap_nan_difference_is_reported_not_crashing():
     assert ax.get_title() == "max |diff| = nan"
 
 
-def test_error_heatmap_rejects_bad_input():
-    with pytest.raises(
-        ValueError,
-        match=r"same shape, got actual \(2, 3\) and "
-        r"expected \(3, 2\)",
-    ):
-        plot.error_heatmap(np.ones((2, 3)), np.ones((3, 2)))
-    with pytest.raises(ValueError, match="must not be empty"):
-        plot.error_heatmap(np.ones((0, 2)), np.ones((0, 2)))
-    with pytest.raises(TypeError, match="expected must hold real numbers"):
-        plot.error_heatmap(np.ones(2), np.array(["a", "b"]))
-    with pytest.raises(
-        ValueError, match="tol must be a positive finite number, got -1"
-    ):
-        plot.error_heatmap(np.ones(2), np.ones(2), tol=-1.0)
-    with pytest.raises(TypeError, match="tol must be a number, got str"):
-        plot.error_heatmap(np.ones(2), np.ones(2), tol="1e-5")
-
-
 def test_error_heatmap_uses_given_axes():
     fig, given = plt.subplots()
     out_fig, out_ax = plot.error_heatmap(np.ones(3), np.zeros(3), ax=given)
@@ -401,3 +358,129 @@ def test_exact_zeros_take_the_bottom_colour_when_tol_widens_the_bar():
         1, 1
     ] == pytest.approx(image.norm.vmin)
     assert shown[0, 1] == pytest.approx(1e-3)
+
+
+# ---------------------------------------------------------------- misuse of every function
+
+_W = np.ones((2, 3)) / 3
+
+BAD = [  # (call, error, message)
+    (
+        lambda: plot.attention_map(_W, query_labels=["a", "b", "c"]),
+        ValueError,
+        r"query_labels must have one label per query position \(2\), got 3",
+    ),
+    (
+        lambda: plot.attention_map(_W, key_labels=["a", "b"]),
+        ValueError,
+        r"key_labels .* \(3\), got 2",
+    ),
+    (
+        lambda: plot.attention_map(_W, key_labels="abc"),
+        TypeError,
+        "key_labels must be a sequence",
+    ),
+    (
+        lambda: plot.attention_map(np.array([["a", "b"]])),
+        TypeError,
+        "weights must hold real numbers, got dtype",
+    ),
+    (
+        lambda: plot.attention_map(_W, annotate="yes"),
+        TypeError,
+        "annotate must be None, True or False",
+    ),
+    (
+        lambda: plot.attention_map(_W, vmin=0.5, vmax=0.5),
+        ValueError,
+        "vmax must be greater than vmin",
+    ),
+    (
+        lambda: plot.attention_map([[0.5, 0.5], [1.0]]),
+        TypeError,
+        "weights must be array-like, got list",
+    ),
+    (
+        lambda: plot.error_heatmap(np.ones((2, 3)), np.ones((3, 2))),
+        ValueError,
+        r"same shape, got actual \(2, 3\) and expected \(3, 2\)",
+    ),
+    (
+        lambda: plot.error_heatmap(np.ones((0, 2)), np.ones((0, 2))),
+        ValueError,
+        r"actual and expected must not be empty, got shape \(0, 2\)",
+    ),
+    (
+        lambda: plot.error_heatmap(np.ones(2), np.array(["a", "b"])),
+        TypeError,
+        "expected must hold real numbers",
+    ),
+    (
+        lambda: plot.error_heatmap(np.ones(2), np.ones(2), tol=-1.0),
+        ValueError,
+        "tol must be a positive finite number, got -1",
+    ),
+    (
+        lambda: plot.error_heatmap(np.ones(2), np.ones(2), tol="1e-5"),
+        TypeError,
+        "tol must be a number, got str",
+    ),
+    (
+        lambda: plot.error_range(),
+        ValueError,
+        r"error_range needs at least one \(actual, expected\) pair",
+    ),
+    (
+        lambda: plot.error_range((np.ones(2), np.ones(3))),
+        ValueError,
+        r"same shape, got actual \(2,\) and expected \(3,\)",
+    ),
+    (
+        lambda: plot.error_range((np.ones(2), np.zeros(2)), tol=0.0),
+        ValueError,
+        "tol must be a positive finite number, got 0.0",
+    ),
+    (
+        lambda: plot.error_histogram(np.ones((2, 3)), np.ones(3)),
+        ValueError,
+        r"same shape, got actual \(2, 3\) and expected \(3,\)",
+    ),
+    (
+        lambda: plot.error_histogram(np.ones(0), np.ones(0)),
+        ValueError,
+        r"actual and expected must not be empty, got shape \(0,\)",
+    ),
+    (
+        lambda: plot.error_histogram(np.array(["a"]), np.ones(1)),
+        TypeError,
+        "actual must hold real numbers, got dtype <U1",
+    ),
+    (
+        lambda: plot.glue(3, plt.figure()),
+        TypeError,
+        r"name must be a str .*got 3 \(int\)",
+    ),
+    (
+        lambda: plot.glue("", plt.figure()),
+        ValueError,
+        "name must be a non-empty str",
+    ),
+    (
+        lambda: plot.glue("heads", plt.subplots()[1]),
+        TypeError,
+        "fig must be a matplotlib Figure .*got Axes",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+)
+def test_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_every_function_of_the_module_has_a_bad_input_case():
+    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
+    assert public_entry_points(plot) <= entry_points(call for call, _, _ in BAD)

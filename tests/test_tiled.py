@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TOL, entry_points, public_entry_points
 
 import mha
+from mha import tiled
 from mha.tiled import (
     causal_blocks,
     online_softmax,
+    sliding_window_mask,
     tiled_attention,
     tiled_attention_backward,
     tiled_attention_forward,
 )
-
-TOL = {np.float32: 1e-5, np.float64: 1e-10}
 
 
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 16, 100])
@@ -233,40 +234,126 @@ def test_bad_arguments_are_named(kwargs, error, words):
         tiled_attention_forward(q, k, v, **kwargs)
 
 
-def test_bad_arrays_and_dout_are_named():
-    rng = np.random.default_rng(0)
-    q, k, v = (
-        rng.standard_normal((2, 4, 8)),
-        rng.standard_normal((2, 6, 8)),
-        rng.standard_normal((2, 6, 8)),
-    )
-    with pytest.raises(ValueError, match="same last dimension"):
-        tiled_attention_forward(q, k[..., :4], v)
-    with pytest.raises(ValueError, match="sequence length"):
-        tiled_attention_forward(q, k, v[:, :5])
-    with pytest.raises(TypeError, match="query"):
-        tiled_attention_forward(q.astype(int), k, v)
-    with pytest.raises(ValueError, match="query heads"):
-        tiled_attention_forward(
-            rng.standard_normal((1, 3, 4, 8)),
-            rng.standard_normal((1, 2, 6, 8)),
-            rng.standard_normal((1, 2, 6, 8)),
+_RNG = np.random.default_rng(0)
+_Q, _K, _V = (
+    _RNG.standard_normal((2, 4, 8)),
+    _RNG.standard_normal((2, 6, 8)),
+    _RNG.standard_normal((2, 6, 8)),
+)
+_CACHE = tiled_attention_forward(_Q, _K, _V)[1]
+
+# Misuse of every public function: (call, error, regex naming the argument and what came).
+BAD = [
+    (
+        lambda: tiled_attention_forward(_Q, _K[..., :4], _V),
+        ValueError,
+        r"same last dimension.*query \(2, 4, 8\) and key \(2, 6, 4\)",
+    ),
+    (
+        lambda: tiled_attention_forward(_Q, _K, _V[:, :5]),
+        ValueError,
+        r"sequence length.*key \(2, 6, 8\) and value \(2, 5, 8\)",
+    ),
+    (
+        lambda: tiled_attention_forward(_Q.astype(int), _K, _V),
+        TypeError,
+        r"query must be a floating-point array, got integer dtype int64",
+    ),
+    (
+        # once an AttributeError from deep inside: the SDPA checks skip a missing value
+        lambda: tiled_attention_forward(_Q, _K, None),
+        TypeError,
+        r"value must be an array, got None",
+    ),
+    (
+        lambda: tiled_attention_forward(
+            _RNG.standard_normal((1, 3, 4, 8)),
+            _RNG.standard_normal((1, 2, 6, 8)),
+            _RNG.standard_normal((1, 2, 6, 8)),
             enable_gqa=True,
-        )
-    _, cache = tiled_attention_forward(q, k, v)
-    with pytest.raises(ValueError, match="dout"):
-        tiled_attention_backward(np.ones((2, 4, 7)), cache)
-    with pytest.raises(TypeError, match="block"):
-        online_softmax(q, block=None)
+        ),
+        ValueError,
+        r"query heads \(3\) to be a multiple of key heads \(2\)",
+    ),
+    (
+        lambda: tiled_attention(_Q, _K, _V, block_k=0),
+        ValueError,
+        r"block_k must be a positive int, got 0",
+    ),
+    (
+        lambda: tiled_attention(_Q, _K, None),
+        TypeError,
+        r"value must be an array, got None",
+    ),
+    (
+        lambda: tiled_attention_backward(np.ones((2, 4, 7)), _CACHE),
+        ValueError,
+        r"dout must have the output's shape \(2, 4, 8\), got \(2, 4, 7\)",
+    ),
+    (
+        lambda: tiled_attention_backward(np.ones((2, 4, 8), int), _CACHE),
+        TypeError,
+        r"dout must be a floating-point array, got integer dtype int64",
+    ),
+    (
+        lambda: tiled_attention_backward(np.ones((2, 2)), {}),
+        TypeError,
+        r"cache must be the dict that tiled_attention_forward returned, got a dict",
+    ),
+    (
+        lambda: tiled_attention_backward(np.ones((2, 2)), [1]),
+        TypeError,
+        r"cache must be the dict .*, got list",
+    ),
+    (
+        lambda: online_softmax(_Q, block=None),
+        TypeError,
+        r"block must be a positive int, got None",
+    ),
+    (
+        lambda: online_softmax(np.arange(4)),
+        TypeError,
+        r"x must be a floating-point array, got integer dtype int64",
+    ),
+    (
+        lambda: causal_blocks(4, 4, 0, 1),
+        ValueError,
+        r"block_q must be a positive int, got 0",
+    ),
+    (
+        lambda: causal_blocks(4.0, 4, 1, 1),
+        TypeError,
+        r"L must be a positive int, got 4.0",
+    ),
+    (
+        lambda: causal_blocks(4, 4, 1, 1, window=0),
+        ValueError,
+        r"window must be a positive int, got 0",
+    ),
+    (
+        lambda: sliding_window_mask(4, 4, 0),
+        ValueError,
+        r"window must be a positive int, got 0",
+    ),
+    (
+        lambda: sliding_window_mask(4, 4.5, 2),
+        TypeError,
+        r"S must be a positive int, got 4.5",
+    ),
+]
 
 
-def test_bad_block_counts_and_cache_are_named():
-    with pytest.raises(ValueError, match="block_q"):
-        causal_blocks(4, 4, 0, 1)
-    with pytest.raises(TypeError, match="L"):
-        causal_blocks(4.0, 4, 1, 1)
-    with pytest.raises(TypeError, match="cache"):
-        tiled_attention_backward(np.ones((2, 2)), {})
+@pytest.mark.parametrize(
+    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+)
+def test_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_every_function_of_the_module_has_a_bad_input_case():
+    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
+    assert public_entry_points(tiled) <= entry_points(call for call, _, _ in BAD)
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
@@ -305,7 +392,6 @@ def test_threaded_query_blocks_match_serial_and_torch(is_causal):
 def test_sliding_window_matches_the_explicit_mask_in_torch(
     dtype, window, block_q, block_k
 ):
-    from mha.tiled import sliding_window_mask
 
     rng, q, k, v = _case(dtype, (2, 3, 21, 8), (2, 3, 21, 8), 6, window)
     out, cache = tiled_attention_forward(
@@ -322,7 +408,6 @@ def test_sliding_window_matches_the_explicit_mask_in_torch(
 
 
 def test_sliding_window_skips_the_tiles_left_of_every_window():
-    from mha.tiled import sliding_window_mask
 
     mask = sliding_window_mask(5, 5, 2)
     np.testing.assert_array_equal(

@@ -13,13 +13,14 @@ and returns True, False or None accordingly (end the cell with ``;`` to hide it)
 """
 
 import importlib
+from types import ModuleType
 
 from ._core import check_function
 
 __all__ = ["check_function"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> ModuleType:
     # `mha.exercises.sdpa` works after a plain `import mha`: chapter modules load on first use
     try:
         return importlib.import_module(f".{name}", __name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -10,9 +11,9 @@ from ..verify import max_abs_diff
 
 
 def check_function(
-    answer: Callable,
-    reference: Callable,
-    cases: Sequence[tuple],
+    answer: Callable[..., Any],
+    reference: Callable[..., Any],
+    cases: Sequence[tuple[Any, ...]],
     *,
     name: str,
     atol: float = 1e-6,
@@ -50,7 +51,7 @@ def check_function(
     return True
 
 
-def _difference(got, expected, atol: float) -> str:
+def _difference(got: Any, expected: Any, atol: float) -> str:
     """Empty string when ``got`` matches ``expected``, else what differs."""
     if isinstance(expected, tuple):
         if not isinstance(got, tuple) or len(got) != len(expected):

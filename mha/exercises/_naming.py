@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from typing import Any
 
 
 def wrap(text: str) -> str:
     return textwrap.fill(text, width=88, subsequent_indent="  ")
 
 
-def call_reader(function: Callable, name: str):
+def call_reader(function: Callable[[], Any], name: str) -> tuple[bool | None, Any]:
     """``(ok, value)``: ok is None (not attempted), False (raised) or True."""
     if not callable(function):
         print(f"Not quite: {name} must be a function, got {type(function).__name__}.")
@@ -27,12 +28,12 @@ def call_reader(function: Callable, name: str):
 
 
 def check_name(
-    function: Callable,
+    function: Callable[[], Any],
     *,
     name: str,
-    choices: tuple,
+    choices: tuple[str, ...],
     answer: str,
-    explanations: dict,
+    explanations: dict[str, str],
     correct: str,
 ) -> bool | None:
     """``function()`` must return ``answer``, one of ``choices``; a wrong choice prints its
@@ -51,7 +52,12 @@ def check_name(
 
 
 def check_prediction(
-    function: Callable, *, name: str, labels: tuple, truth: tuple, why: dict
+    function: Callable[[], Any],
+    *,
+    name: str,
+    labels: tuple[str, ...],
+    truth: tuple[bool, ...],
+    why: dict[int, str],
 ) -> bool | None:
     """``function()`` returns one bool per label; ``truth`` comes from running the experiment."""
     ok, got = call_reader(function, name)

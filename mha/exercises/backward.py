@@ -20,6 +20,9 @@ make sure every check can tell right from wrong. The chapter's capstone is in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import numpy as np
 
 from ..attention import MultiHeadAttention
@@ -58,7 +61,7 @@ ZERO_CASES = (
 )
 
 
-def _exactly_zero():
+def _exactly_zero() -> tuple[bool, ...]:
     L, E = 5, 8
     layer = MultiHeadAttention(E, 2, dtype=np.float64, seed=_SEED)
     for name in ("b_Q", "b_K", "b_V", "b_O"):  # biases that count
@@ -74,18 +77,22 @@ def _exactly_zero():
     verdicts.append(bool(np.all(grad_key[0, -1] == 0)))
 
     layer(x, key_padding_mask=padding)
-    verdicts.append(bool(np.all(layer.backward(dy)[0, -1] == 0)))
+    # m(x): backward returns the one input gradient
+    grad_x = cast(np.ndarray, layer.backward(dy))
+    verdicts.append(bool(np.all(grad_x[0, -1] == 0)))
 
     dy_real = dy.copy()
     dy_real[0, -1] = 0  # the loss ignores padding
     layer(x, key_padding_mask=padding)
-    verdicts.append(bool(np.all(layer.backward(dy_real)[0, -1] == 0)))
+    grad_x = cast(np.ndarray, layer.backward(dy_real))
+    verdicts.append(bool(np.all(grad_x[0, -1] == 0)))
 
     for token, looked_at in ((L - 1, 0), (0, L - 1)):
         dy_one = np.zeros_like(dy)
         dy_one[0, token] = dy[0, token]
         layer(x, is_causal=True)
-        verdicts.append(bool(np.all(layer.backward(dy_one)[0, looked_at] == 0)))
+        grad_x = cast(np.ndarray, layer.backward(dy_one))
+        verdicts.append(bool(np.all(grad_x[0, looked_at] == 0)))
     return tuple(verdicts)
 
 
@@ -104,7 +111,7 @@ _ZERO_WHY = {
 }
 
 
-def check_zero_gradients(predict_exactly_zero):
+def check_zero_gradients(predict_exactly_zero: Callable[..., Any]) -> bool | None:
     """``predict_exactly_zero()`` -> one bool per case of ZERO_CASES."""
     return check_prediction(
         predict_exactly_zero,
@@ -127,7 +134,7 @@ BACKWARD_BUGS = (
 )
 
 
-def mystery_gradients():
+def mystery_gradients() -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``[(label, ours, torch), ...]``: a hand-written forward and backward of torch's layer
     (d_model 16, 4 heads, 2 x 5 tokens, float32) with a bug from BACKWARD_BUGS, next to
     torch's autograd, in the order the backward pass computes them."""
@@ -161,7 +168,7 @@ _BACKWARD_LOOKS = {
 }
 
 
-def check_backward_bug(name_the_bug):
+def check_backward_bug(name_the_bug: Callable[..., Any]) -> bool | None:
     """``name_the_bug()`` -> one of BACKWARD_BUGS, the bug behind ``mystery_gradients``."""
     return check_name(
         name_the_bug,
@@ -179,17 +186,17 @@ def check_backward_bug(name_the_bug):
 # --- build: log_softmax_backward ------------------------------------------------------------------
 
 
-def _log_softmax(x):
+def _log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def _log_softmax_backward(dout, logp):
+def _log_softmax_backward(dout: np.ndarray, logp: np.ndarray) -> np.ndarray:
     # d logp_i / d x_j = delta_ij - p_j, so dx_j = dout_j - p_j sum_i dout_i
     return dout - np.exp(logp) * dout.sum(axis=-1, keepdims=True)
 
 
-def check_log_softmax_backward(log_softmax_backward):
+def check_log_softmax_backward(log_softmax_backward: Callable[..., Any]) -> bool | None:
     """``log_softmax_backward(dout, logp)``: dL/dx for logp = log_softmax(x) along the last axis."""
     rng = _rng(3)
     logits = [
@@ -211,19 +218,23 @@ def check_log_softmax_backward(log_softmax_backward):
     )
 
 
-def _log_softmax_backward_diagonal_only(dout, logp):
+def _log_softmax_backward_diagonal_only(
+    dout: np.ndarray, logp: np.ndarray
+) -> np.ndarray:
     return dout * (1 - np.exp(logp))  # only the Jacobian's diagonal
 
 
 # --- build: linear_backward in torch's layout, any leading axes ----------------------------------
 
 
-def _linear_backward(dy, x, weight):
+def _linear_backward(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows_dy, rows_x = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
     return dy @ weight, rows_dy.T @ rows_x, rows_dy.sum(axis=0)
 
 
-def check_linear_backward(linear_backward):
+def check_linear_backward(linear_backward: Callable[..., Any]) -> bool | None:
     """``linear_backward(dy, x, weight)`` for y = x @ weight.T + b, weight (out, in), x (..., in):
     returns (dx, d_weight, db), shaped like x, weight and b."""
     rng = _rng(4)
@@ -255,7 +266,9 @@ def check_linear_backward(linear_backward):
     )
 
 
-def _linear_backward_first_axis_only(dy, x, weight):
+def _linear_backward_first_axis_only(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows_dy, rows_x = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
     return dy @ weight, rows_dy.T @ rows_x, dy.sum(axis=0)  # db: the batch axis only
 
@@ -263,7 +276,9 @@ def _linear_backward_first_axis_only(dy, x, weight):
 # --- build: numerical_gradient --------------------------------------------------------------------
 
 
-def _numerical_gradient(f, x, h):
+def _numerical_gradient(
+    f: Callable[[np.ndarray], float], x: np.ndarray, h: float
+) -> np.ndarray:
     x = np.array(x, dtype=np.float64)
     grad = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
@@ -280,15 +295,15 @@ def _numerical_gradient(f, x, h):
 class _Loss:
     """A scalar test function with fixed random coefficients: sum(softmax(x * a) * g)."""
 
-    def __init__(self, rng, shape):
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, ...]) -> None:
         self.a = 1.0 + rng.random(shape)
         self.g = rng.standard_normal(shape)
 
-    def __call__(self, x):
+    def __call__(self, x: np.ndarray) -> float:
         return float(np.sum(softmax(np.asarray(x) * self.a) * self.g))
 
 
-def check_numerical_gradient(numerical_gradient):
+def check_numerical_gradient(numerical_gradient: Callable[..., Any]) -> bool | None:
     """``numerical_gradient(f, x, h)``: central differences of the scalar f at x, one per element."""
     rng = _rng(5)
     cases = []
@@ -306,7 +321,9 @@ def check_numerical_gradient(numerical_gradient):
     )
 
 
-def _numerical_gradient_forward(f, x, h):
+def _numerical_gradient_forward(
+    f: Callable[[np.ndarray], float], x: np.ndarray, h: float
+) -> np.ndarray:
     x = np.array(x, dtype=np.float64)
     base = f(x)
     grad = np.zeros_like(x)

@@ -18,7 +18,11 @@ bug is off by far more, two correct float32 implementations by far less.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..functional import merge_heads, softmax, split_heads
 from ._naming import call_reader, wrap
@@ -62,7 +66,9 @@ def _rng(offset: int) -> np.random.Generator:
     return np.random.default_rng(_SEED + offset)
 
 
-def _problem(d_model, num_heads, N, L, seed):
+def _problem(
+    d_model: int, num_heads: int, N: int, L: int, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """float32 ``state_dict`` of a seeded nn.MultiheadAttention with random biases, x and dy."""
     import torch
 
@@ -80,12 +86,14 @@ def _problem(d_model, num_heads, N, L, seed):
     return state, x, dy
 
 
-def milestone_problem():
+def milestone_problem() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """``(state_dict, x, dy)`` at d_model 768, 12 heads, 4 x 128 tokens (float32, seeded)."""
     return _problem(*MILESTONE, seed=_SEED)
 
 
-def _torch_answer(state, x, dy, num_heads):
+def _torch_answer(
+    state: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray, num_heads: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """torch's output and gradients, float32 autograd: the grade."""
     import torch
 
@@ -100,7 +108,13 @@ def _torch_answer(state, x, dy, num_heads):
     return out.detach().numpy(), {**grads, "x": x_t.grad.numpy().copy()}
 
 
-def _forward_backward(state, x, dy, num_heads, bug=None):
+def _forward_backward(
+    state: dict[str, np.ndarray],
+    x: np.ndarray,
+    dy: np.ndarray,
+    num_heads: int,
+    bug: str | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """The reference: torch's layer by hand in float64, with one of CAPSTONE_BUGS if asked."""
     W, b = (
         state["in_proj_weight"].astype(np.float64),
@@ -117,17 +131,19 @@ def _forward_backward(state, x, dy, num_heads, bug=None):
     s_back = 1.0 if bug == "no 1/sqrt(d_k) in the backward" else s
     if bug == "reshape without transpose":
 
-        def split(a):
+        def split(a: np.ndarray) -> np.ndarray:
             return a.reshape(N, H, L, hd)
 
-        def merge(a):
+        def merge(a: np.ndarray) -> np.ndarray:
             return a.reshape(N, L, E)
     else:
 
-        def split(a):
+        def split(a: np.ndarray) -> np.ndarray:
             return split_heads(a, H)
 
-        merge = merge_heads
+        def merge(a: np.ndarray) -> np.ndarray:
+            return merge_heads(a)
+
     W_out = W_O.T if bug == "out_proj not transposed" else W_O  # used as C @ W_out.T
 
     qkv = x @ W.T + b  # (N, L, 3E)
@@ -169,7 +185,7 @@ def _forward_backward(state, x, dy, num_heads, bug=None):
 _PART = ("query", "key", "value")
 
 
-def _graded(out, grads, E):
+def _graded(out: np.ndarray, grads: dict[str, Any], E: int) -> list[tuple[str, Any]]:
     """(label, array) in the order the backward pass computes them."""
     items = [
         ("output", out),
@@ -193,13 +209,13 @@ def _graded(out, grads, E):
     return items
 
 
-def _tolerance(reference, N, L, E):
+def _tolerance(reference: np.ndarray, N: int, L: int, E: int) -> float:
     n = max(N * L, 3 * E, L)
     scale = max(float(np.abs(reference).max()), 1.0)
     return 10 * float(np.finfo(np.float32).eps) * np.sqrt(n) * scale
 
 
-def _close(got, expected, tol) -> bool:
+def _close(got: Any, expected: ArrayLike, tol: float) -> bool:
     got = np.asarray(got)
     if got.shape != np.shape(expected) or not np.issubdtype(got.dtype, np.number):
         return False
@@ -207,7 +223,7 @@ def _close(got, expected, tol) -> bool:
         return bool(np.all(np.abs(got.astype(np.float64) - expected) <= tol))
 
 
-def _shape_problem(label, got, expected):
+def _shape_problem(label: str, got: Any, expected: np.ndarray) -> str:
     got = np.asarray(got)
     if not np.issubdtype(got.dtype, np.number):
         return f"{label} holds {got.dtype}, not numbers."
@@ -224,7 +240,14 @@ def _shape_problem(label, got, expected):
     return text
 
 
-def _why(label, got, expected, tol, variants, paths):
+def _why(
+    label: str,
+    got: Any,
+    expected: np.ndarray,
+    tol: float,
+    variants: dict[str, dict[str, np.ndarray]],
+    paths: list[np.ndarray],
+) -> str:
     """The likely cause of a wrong ``got`` for ``label``."""
     got = np.asarray(got, dtype=np.float64)
     if (
@@ -263,7 +286,9 @@ _FORMULA = {
 }
 
 
-def _grade(answer, size, diagnose):
+def _grade(
+    answer: Callable[..., Any], size: tuple[int, int, int, int], diagnose: bool
+) -> str | None:
     """None if ``answer`` agrees with torch at ``size``, else the message (after the reader ran)."""
     E, H, N, L = size
     state, x, dy = _problem(*size, seed=_SEED + E)
@@ -339,11 +364,11 @@ def _grade(answer, size, diagnose):
     return text + cause
 
 
-def check_capstone(forward_backward):
+def check_capstone(forward_backward: Callable[..., Any]) -> bool | None:
     """``forward_backward(state_dict, x, dy, num_heads)`` -> ``(out, grads)``, graded against torch."""
     name = "forward_backward"
 
-    def first_size():
+    def first_size() -> str | None:
         return _grade(forward_backward, SMALL, diagnose=True)
 
     ok, problem = call_reader(first_size, name)
@@ -364,7 +389,9 @@ def check_capstone(forward_backward):
     return True
 
 
-def _softmax_diagonal_only(state, x, dy, num_heads):
+def _softmax_diagonal_only(
+    state: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray, num_heads: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     out, grads = _forward_backward(
         state, x, dy, num_heads, bug="s(1-s) softmax backward"
     )

@@ -17,6 +17,9 @@ makes sure each of them is caught).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from ..attention import MultiHeadAttention
@@ -46,7 +49,7 @@ def _rng(offset: int = 0) -> np.random.Generator:
 RESHAPE_CASES = ((1, 4), (5, 1), (4, 4), (3, 2))  # (T, H), with head_dim 2
 
 
-def _reshape_is_enough():
+def _reshape_is_enough() -> tuple[bool, ...]:
     verdicts = []
     for T, H in RESHAPE_CASES:
         x = _rng(1).standard_normal((1, T, 2 * H))
@@ -65,7 +68,9 @@ _RESHAPE_WHY = {
 }
 
 
-def check_reshape_prediction(predict_reshape_is_enough):
+def check_reshape_prediction(
+    predict_reshape_is_enough: Callable[..., Any],
+) -> bool | None:
     """``predict_reshape_is_enough()`` -> one bool per (T, H) in RESHAPE_CASES."""
     labels = tuple(f"T = {T}, H = {H}" for T, H in RESHAPE_CASES)
     return check_prediction(
@@ -87,7 +92,7 @@ HEAD_BUGS = (
 )
 
 
-def mystery_weights():
+def mystery_weights() -> tuple[np.ndarray, np.ndarray]:
     """``(mystery, correct)``: per-head weights (H, L, S) of one sequence of 8 tokens through
     a layer of d_model 48 and 4 heads, with a bug from HEAD_BUGS, and the layer's own."""
     layer = MultiHeadAttention(48, 4, bias=False, seed=_SEED)
@@ -109,7 +114,7 @@ _HEADS_LOOK = {
 }
 
 
-def check_heads_bug(name_the_bug):
+def check_heads_bug(name_the_bug: Callable[..., Any]) -> bool | None:
     """``name_the_bug()`` -> one of HEAD_BUGS, the bug behind ``mystery_weights``."""
     return check_name(
         name_the_bug,
@@ -126,7 +131,9 @@ def check_heads_bug(name_the_bug):
 # ---------------------------------------------------------------- build: head_weights
 
 
-def _head_weights(in_proj_weight, num_heads, h):
+def _head_weights(
+    in_proj_weight: np.ndarray, num_heads: int, h: int
+) -> tuple[np.ndarray, ...]:
     E = in_proj_weight.shape[1]
     head_dim = E // num_heads
     rows = slice(h * head_dim, (h + 1) * head_dim)
@@ -134,7 +141,7 @@ def _head_weights(in_proj_weight, num_heads, h):
     return tuple(in_proj_weight[j * E : (j + 1) * E][rows] for j in range(3))
 
 
-def check_head_weights(head_weights) -> bool | None:
+def check_head_weights(head_weights: Callable[..., Any]) -> bool | None:
     """``head_weights(in_proj_weight, num_heads, h)`` -> ``(w_q, w_k, w_v)``, each (head_dim, E)."""
     rng = _rng()
     cases = []
@@ -143,9 +150,11 @@ def check_head_weights(head_weights) -> bool | None:
     answer = head_weights
     if callable(head_weights):
 
-        def answer(*args):  # a list of three arrays is as good as a tuple
+        def as_tuple(*args: Any) -> Any:  # a list of three arrays is as good as a tuple
             got = head_weights(*args)
             return tuple(got) if isinstance(got, list) else got
+
+        answer = as_tuple
 
     return _check_function(
         answer,
@@ -158,7 +167,9 @@ def check_head_weights(head_weights) -> bool | None:
     )
 
 
-def _head_weights_interleaved(in_proj_weight, num_heads, h):
+def _head_weights_interleaved(
+    in_proj_weight: np.ndarray, num_heads: int, h: int
+) -> tuple[np.ndarray, ...]:
     E = in_proj_weight.shape[1]
     head_dim = E // num_heads
     # assumes [q_h; k_h; v_h] per head
@@ -169,7 +180,14 @@ def _head_weights_interleaved(in_proj_weight, num_heads, h):
 # ---------------------------------------------------------------- build: head_contributions
 
 
-def _head_contributions(x, W_Q, W_K, W_V, W_O, num_heads):
+def _head_contributions(
+    x: np.ndarray,
+    W_Q: np.ndarray,
+    W_K: np.ndarray,
+    W_V: np.ndarray,
+    W_O: np.ndarray,
+    num_heads: int,
+) -> np.ndarray:
     q, k, v = (split_heads(x @ W, num_heads) for W in (W_Q, W_K, W_V))  # (B, H, T, hd)
     hd = q.shape[-1]
     heads = softmax(q @ np.swapaxes(k, -1, -2) / np.sqrt(hd)) @ v  # (B, H, T, hd)
@@ -179,7 +197,7 @@ def _head_contributions(x, W_Q, W_K, W_V, W_O, num_heads):
     )
 
 
-def check_head_contributions(head_contributions) -> bool | None:
+def check_head_contributions(head_contributions: Callable[..., Any]) -> bool | None:
     """``head_contributions(x, W_Q, W_K, W_V, W_O, num_heads)``: x (B, T, E), weights (E, E)
     in (in, out) layout -> (H, B, T, E), whose sum over the first axis is the output."""
     rng = _rng(3)
@@ -202,7 +220,14 @@ def check_head_contributions(head_contributions) -> bool | None:
     )
 
 
-def _contributions_from_columns(x, W_Q, W_K, W_V, W_O, num_heads):
+def _contributions_from_columns(
+    x: np.ndarray,
+    W_Q: np.ndarray,
+    W_K: np.ndarray,
+    W_V: np.ndarray,
+    W_O: np.ndarray,
+    num_heads: int,
+) -> np.ndarray:
     # torch's layout for W_O
     return _head_contributions(x, W_Q, W_K, W_V, W_O.T, num_heads)
 

@@ -13,6 +13,8 @@ installed torch and says so when they differ from 2.13's.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -71,7 +73,7 @@ def _measured_routes() -> tuple[bool, ...]:
     return tuple(routes)
 
 
-def check_predict_routes(predict_routes) -> bool | None:
+def check_predict_routes(predict_routes: Callable[..., Any]) -> bool | None:
     """``predict_routes()`` -> four bools: the fast path taken for calls 1 to 4?"""
     measured = _measured_routes()
     if measured != _ROUTES_ON_2_13:
@@ -82,7 +84,7 @@ def check_predict_routes(predict_routes) -> bool | None:
             )
         )
 
-    def as_bools():
+    def as_bools() -> np.ndarray | None:
         got = predict_routes()
         return None if got is None else np.asarray(got, dtype=bool)
 
@@ -110,7 +112,7 @@ def _mystery_module() -> torch.nn.MultiheadAttention:
     return module.eval()
 
 
-def mystery_outputs():
+def mystery_outputs() -> tuple[dict[str, np.ndarray], torch.nn.MultiheadAttention]:
     """({"explicit", "hint", "weights_route"} -> (2, 6, 16) arrays, the torch module)."""
     module = _mystery_module()
     x = torch.from_numpy(
@@ -137,7 +139,7 @@ _WHY = {
 }
 
 
-def check_name_the_option(name_the_option) -> bool | None:
+def check_name_the_option(name_the_option: Callable[..., Any]) -> bool | None:
     """``name_the_option()`` -> one of OPTIONS, the option of the mystery module."""
     name = "name_the_option"
     try:

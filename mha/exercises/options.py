@@ -21,7 +21,11 @@ reshape where a transpose is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..attention import MultiHeadAttention
 from ._core import check_function as _check_function
@@ -51,7 +55,10 @@ def _rng(offset: int) -> np.random.Generator:
 E_SHAPES, H_SHAPES = 16, 4  # embed_dim and num_heads of every module below
 
 # (what the reader is told, constructor options, forward options, (query shape, key shape))
-SHAPE_CASES = (
+_ShapeCase = tuple[
+    str, dict[str, Any], dict[str, Any], tuple[tuple[int, ...], tuple[int, ...] | None]
+]
+SHAPE_CASES: tuple[_ShapeCase, ...] = (
     (
         "batch_first=False, input (5, 2, 16) = (L, N, E), need_weights=True",
         {"batch_first": False},
@@ -99,7 +106,7 @@ _SHAPES_WHY = (
 )
 
 
-def _weights_shapes():
+def _weights_shapes() -> tuple[tuple[int, ...], ...]:
     rng = _rng(3)
     shapes = []
     for _, options, forward, (q_shape, k_shape) in SHAPE_CASES:
@@ -115,7 +122,7 @@ def _weights_shapes():
     return tuple(shapes)
 
 
-def check_weights_shapes(predict_weights_shapes) -> bool | None:
+def check_weights_shapes(predict_weights_shapes: Callable[..., Any]) -> bool | None:
     """``predict_weights_shapes()`` -> one shape (a tuple of ints) per case of SHAPE_CASES."""
     name = "predict_weights_shapes"
     ok, got = call_reader(predict_weights_shapes, name)
@@ -150,7 +157,7 @@ def check_weights_shapes(predict_weights_shapes) -> bool | None:
     return True
 
 
-def _weights_shapes_sequence_first():
+def _weights_shapes_sequence_first() -> tuple[tuple[int, ...], ...]:
     # a typical slip: the weights of a batch_first=False module taken as (L, N, S)
     return ((5, 2, 5), (2, 4, 4, 7), (2, 5, 7), (4, 5, 5), (5, 2, 2))
 
@@ -168,7 +175,7 @@ MASK_BUGS = (
 )
 
 
-def _mystery_call():
+def _mystery_call() -> tuple[MultiHeadAttention, np.ndarray, np.ndarray, np.ndarray]:
     """(module, x, padding, mask): the mystery's module, its (N, S, E) input, the (N, S)
     padding and the buggy 3-D mask."""
     rng = _rng(4)
@@ -185,7 +192,7 @@ def _mystery_call():
     return module, x, padding, mask
 
 
-def mystery_weights():
+def mystery_weights() -> np.ndarray:
     """(N, num_heads, L, S) = (3, 4, 6, 6) per-head weights of :data:`SENTENCES`, padded to
     six words: self-attention with a 3-D ``attn_mask`` built from the padding, with one bug
     from :data:`MASK_BUGS` (which one is the exercise)."""
@@ -211,7 +218,7 @@ _MASK_LOOKS = {
 }
 
 
-def check_mask_bug(name_the_bug) -> bool | None:
+def check_mask_bug(name_the_bug: Callable[..., Any]) -> bool | None:
     """``name_the_bug()`` -> one of MASK_BUGS, the bug behind ``mystery_weights``."""
     return check_name(
         name_the_bug,
@@ -229,28 +236,28 @@ def check_mask_bug(name_the_bug) -> bool | None:
 # ----------------------------------------------------------------- reference solutions
 
 
-def _padding_mask(lengths, S):
+def _padding_mask(lengths: ArrayLike, S: int) -> np.ndarray:
     lengths = np.asarray(lengths)
     # (1, S) vs (N, 1) -> (N, S): True past the end
     return np.arange(S)[None, :] >= lengths[:, None]
 
 
-def _expand_mask(mask, N, num_heads):
+def _expand_mask(mask: ArrayLike, N: int, num_heads: int) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim == 2:  # one (L, S) mask for every sequence
         mask = np.broadcast_to(mask, (N, *mask.shape))  # -> (N, L, S)
     return np.repeat(mask, num_heads, axis=0)  # row n * num_heads + h = mask[n]
 
 
-def _call_sequence_first(module, x):
-    out = module(x.transpose(1, 0, 2))  # (L, N, E) -> (N, L, E)
+def _call_sequence_first(module: MultiHeadAttention, x: np.ndarray) -> np.ndarray:
+    out = cast(np.ndarray, module(x.transpose(1, 0, 2)))  # (L, N, E) -> (N, L, E)
     return out.transpose(1, 0, 2)  # (N, L, E) -> (L, N, E)
 
 
 # ----------------------------------------------------------------- checks
 
 
-def check_padding_mask(padding_mask) -> bool | None:
+def check_padding_mask(padding_mask: Callable[..., Any]) -> bool | None:
     """``padding_mask(lengths, S)``: a list of N lengths -> (N, S) bool, True where position >= length."""
     rng = _rng(0)
     cases = [([3, 5, 1], 5), ([2, 2], 4), ([4], 4), ([0, 3, 6, 1], 7)]
@@ -269,7 +276,7 @@ def check_padding_mask(padding_mask) -> bool | None:
     )
 
 
-def check_expand_mask(expand_mask) -> bool | None:
+def check_expand_mask(expand_mask: Callable[..., Any]) -> bool | None:
     """``expand_mask(mask, N, num_heads)``: (L, S) or (N, L, S) -> (N * num_heads, L, S), batch-major."""
     rng = _rng(1)
     cases = []
@@ -303,7 +310,7 @@ def check_expand_mask(expand_mask) -> bool | None:
     )
 
 
-def check_call_sequence_first(call_sequence_first) -> bool | None:
+def check_call_sequence_first(call_sequence_first: Callable[..., Any]) -> bool | None:
     """``call_sequence_first(module, x)``: x (L, N, E) through a batch_first=True module -> (L, N, E)."""
     rng = _rng(2)
     cases = []
@@ -329,21 +336,23 @@ def check_call_sequence_first(call_sequence_first) -> bool | None:
 # ----------------------------------------------------------------- typical wrong answers
 
 
-def _padding_mask_attend_polarity(lengths, S):
+def _padding_mask_attend_polarity(lengths: ArrayLike, S: int) -> np.ndarray:
     # SDPA's polarity: True = attend
     return np.arange(S)[None, :] < np.asarray(lengths)[:, None]
 
 
-def _expand_mask_head_major(mask, N, num_heads):
+def _expand_mask_head_major(mask: ArrayLike, N: int, num_heads: int) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim == 2:
         mask = np.broadcast_to(mask, (N, *mask.shape))
     return np.tile(mask, (num_heads, 1, 1))  # row h * N + n: head-major
 
 
-def _call_sequence_first_reshape(module, x):
+def _call_sequence_first_reshape(
+    module: MultiHeadAttention, x: np.ndarray
+) -> np.ndarray:
     L, N, E = x.shape
-    return module(x.reshape(N, L, E)).reshape(L, N, E)
+    return cast(np.ndarray, module(x.reshape(N, L, E))).reshape(L, N, E)
 
 
 COMMON_MISTAKES = {

@@ -20,6 +20,8 @@ test suite uses it to make sure every check can tell right from wrong.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,7 @@ def _rng(offset: int) -> np.random.Generator:
 # --- predict: which rows survive a swap under a causal mask? ---------------------------------------
 
 
-def _unchanged_rows():
+def _unchanged_rows() -> np.ndarray:
     layer = MultiHeadAttention(8, 2, dtype=np.float64, seed=_SEED)
     x = _rng(1).standard_normal((6, 8))
     swapped = x[[0, 1, 4, 3, 2, 5]]  # tokens 2 and 4 trade places
@@ -64,10 +66,10 @@ def _unchanged_rows():
     return np.all(np.isclose(out, out_swapped, rtol=0, atol=1e-12), axis=-1)
 
 
-def check_causal_swap(predict_unchanged_rows):
+def check_causal_swap(predict_unchanged_rows: Callable[..., Any]) -> bool | None:
     """``predict_unchanged_rows()`` -> (6,) bools: rows of causal attention unchanged by swapping tokens 2, 4."""
 
-    def as_bools():
+    def as_bools() -> np.ndarray | None:
         got = predict_unchanged_rows()
         return None if got is None else np.asarray(got, dtype=bool)
 
@@ -85,7 +87,7 @@ def check_causal_swap(predict_unchanged_rows):
     )
 
 
-def _forgot_the_last_row():
+def _forgot_the_last_row() -> np.ndarray:
     return np.array([True, True, False, False, False, False])
 
 
@@ -117,7 +119,7 @@ _WHAT_IT_LOOKS_LIKE = {
 }
 
 
-def check_rope_bug(name_the_bug):
+def check_rope_bug(name_the_bug: Callable[..., Any]) -> bool | None:
     """``name_the_bug()`` -> one of ROPE_BUGS, the bug behind ``mystery_scores``."""
     name = "name_the_bug"
     try:
@@ -156,7 +158,7 @@ def _wrap(text: str) -> str:
 # --- build: RoPE with the RoFormer paper's neighbouring pairs ---------------------------------------
 
 
-def _rope_interleaved(x, positions):
+def _rope_interleaved(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
     hd = x.shape[-1]
     # (2i) first, then (2i+1)
     order = np.concatenate([np.arange(0, hd, 2), np.arange(1, hd, 2)])
@@ -167,7 +169,7 @@ def _rope_interleaved(x, positions):
     return out
 
 
-def check_rope_interleaved(rope_interleaved):
+def check_rope_interleaved(rope_interleaved: Callable[..., Any]) -> bool | None:
     """``rope_interleaved(x, positions)``: x (..., L, hd), positions (L,) ints -> (..., L, hd)."""
     rng = _rng(3)
     cases = [
@@ -189,7 +191,7 @@ def check_rope_interleaved(rope_interleaved):
     )
 
 
-def _rotate_half_instead(x, positions):
+def _rotate_half_instead(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return positional.apply_rope(x, positions)
 
 

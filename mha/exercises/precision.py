@@ -28,7 +28,11 @@ test suite uses it to make sure every check can tell right from wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._core import check_function as _check_function
 from ._naming import check_name, check_prediction
@@ -52,14 +56,14 @@ def _rng(offset: int) -> np.random.Generator:
     return np.random.default_rng(_SEED + offset)
 
 
-def _softmax(x):
+def _softmax(x: np.ndarray) -> np.ndarray:
     """The usual softmax, the row maximum subtracted, in x's dtype: NaN for a row of -inf."""
     with np.errstate(invalid="ignore"):  # -inf - (-inf) in an all -inf row
         e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _naive_softmax(x):
+def _naive_softmax(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # exp overflows, inf / inf
         e = np.exp(x)
         return e / e.sum(axis=-1, keepdims=True)
@@ -91,7 +95,7 @@ _NAN_WHY = {
 }
 
 
-def _nan_rows():
+def _nan_rows() -> tuple[bool, ...]:
     f16 = np.float16
     scores16 = np.array([2.0, -20.0, 1.0], dtype=f16)
     blocked = np.ones(3, dtype=bool)
@@ -110,7 +114,7 @@ def _nan_rows():
     return tuple(bool(np.isnan(row).any()) for row in rows)
 
 
-def check_nan_prediction(predict_nan_rows):
+def check_nan_prediction(predict_nan_rows: Callable[..., Any]) -> bool | None:
     """``predict_nan_rows()`` -> five bools, one per case of NAN_CASES: True = NaN."""
     return check_prediction(
         predict_nan_rows,
@@ -121,7 +125,7 @@ def check_nan_prediction(predict_nan_rows):
     )
 
 
-def _every_float16_row_nan():
+def _every_float16_row_nan() -> tuple[bool, ...]:
     return (True, False, True, True, False)
 
 
@@ -149,7 +153,7 @@ _MYSTERY_BLOCKED = (
 )
 
 
-def mystery_softmax():
+def mystery_softmax() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, blocked, weights): float16 scores (4, 5), the mask (True = blocked) and the
     float16 weights of a masked softmax with one bug from :data:`FILL_BUGS`."""
     scores = np.array(_MYSTERY_SCORES, dtype=np.float16)
@@ -170,7 +174,7 @@ _FILL_LOOKS = {
 }
 
 
-def check_fill_bug(name_the_bug):
+def check_fill_bug(name_the_bug: Callable[..., Any]) -> bool | None:
     """``name_the_bug()`` -> one of FILL_BUGS, the bug behind ``mystery_softmax``."""
     return check_name(
         name_the_bug,
@@ -188,11 +192,11 @@ def check_fill_bug(name_the_bug):
 # --- machine_epsilon -----------------------------------------------------------------------------
 
 
-def _machine_epsilon(dtype):
+def _machine_epsilon(dtype: DTypeLike) -> np.floating:
     return np.finfo(dtype).eps
 
 
-def check_machine_epsilon(machine_epsilon):
+def check_machine_epsilon(machine_epsilon: Callable[..., Any]) -> bool | None:
     """``machine_epsilon(dtype)`` for dtype = np.float16, np.float32, np.float64: exactly np.finfo(dtype).eps."""
     cases = [(np.float32,), (np.float64,), (np.float16,)]
     return _check_function(
@@ -208,7 +212,7 @@ def check_machine_epsilon(machine_epsilon):
     )
 
 
-def _machine_epsilon_in_python_floats(dtype):
+def _machine_epsilon_in_python_floats(dtype: DTypeLike) -> float:
     eps = 1.0  # a Python float: every step below is float64
     while 1.0 + eps / 2 != 1.0:
         eps /= 2
@@ -218,7 +222,7 @@ def _machine_epsilon_in_python_floats(dtype):
 # --- allclose ------------------------------------------------------------------------------------
 
 
-def _allclose(a, b, rtol, atol):
+def _allclose(a: ArrayLike, b: ArrayLike, rtol: float, atol: float) -> bool:
     return bool(
         np.all(
             np.abs(np.asarray(a) - np.asarray(b)) <= atol + rtol * np.abs(np.asarray(b))
@@ -226,7 +230,7 @@ def _allclose(a, b, rtol, atol):
     )
 
 
-def check_allclose(allclose):
+def check_allclose(allclose: Callable[..., Any]) -> bool | None:
     """``allclose(a, b, rtol, atol)`` -> one bool, |a - b| <= atol + rtol * |b| for every element."""
     rng = _rng(3)
     b = rng.standard_normal((4, 5))
@@ -303,19 +307,21 @@ def check_allclose(allclose):
     )
 
 
-def _allclose_scaled_by_a(a, b, rtol, atol):
+def _allclose_scaled_by_a(
+    a: np.ndarray, b: np.ndarray, rtol: float, atol: float
+) -> bool:
     return bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(a)))  # |a| instead of |b|
 
 
 # --- tolerance_ratio -----------------------------------------------------------------------------
 
 
-def _tolerance_ratio(a, b, rtol, atol):
+def _tolerance_ratio(a: ArrayLike, b: ArrayLike, rtol: float, atol: float) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b) / (atol + rtol * np.abs(b))))
 
 
-def check_tolerance_ratio(tolerance_ratio):
+def check_tolerance_ratio(tolerance_ratio: Callable[..., Any]) -> bool | None:
     """``tolerance_ratio(a, b, rtol, atol)`` -> max over elements of |a - b| / (atol + rtol * |b|)."""
     rng = _rng(4)
     b1 = rng.standard_normal((8, 6))
@@ -356,7 +362,9 @@ def check_tolerance_ratio(tolerance_ratio):
     )
 
 
-def _tolerance_ratio_of_maxima(a, b, rtol, atol):
+def _tolerance_ratio_of_maxima(
+    a: ArrayLike, b: ArrayLike, rtol: float, atol: float
+) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b)) / (atol + rtol * np.max(np.abs(b))))
 

@@ -20,6 +20,9 @@ suite uses it to make sure every check can tell right from wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from .. import functional, kv_cache, tiled
@@ -55,7 +58,7 @@ DECODE_MASKS = (
 )
 
 
-def _decode_mask_verdicts() -> tuple:
+def _decode_mask_verdicts() -> tuple[bool, ...]:
     rng = _rng(1)
     S, hd = 7, 8
     # (H, S, hd): two heads
@@ -83,7 +86,7 @@ _MASK_WHY = {
 }
 
 
-def check_decode_masks(predict_decode_masks):
+def check_decode_masks(predict_decode_masks: Callable[..., Any]) -> bool | None:
     """``predict_decode_masks()`` -> 4 bools, in the order of :data:`DECODE_MASKS`."""
     return _check_prediction(
         predict_decode_masks,
@@ -157,7 +160,7 @@ _DECODING_LOOKS = {
 }
 
 
-def check_decoding_bug(name_the_decoding_bug):
+def check_decoding_bug(name_the_decoding_bug: Callable[..., Any]) -> bool | None:
     """``name_the_decoding_bug()`` -> one of DECODING_BUGS, the bug behind :func:`mystery_errors`."""
     return _check_name(
         name_the_decoding_bug,
@@ -177,7 +180,9 @@ def check_decoding_bug(name_the_decoding_bug):
 # --- build: merge two partial attentions with their log-sum-exps ----------------------------------
 
 
-def _merge_partials(out_a, lse_a, out_b, lse_b):
+def _merge_partials(
+    out_a: np.ndarray, lse_a: np.ndarray, out_b: np.ndarray, lse_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     m = np.maximum(lse_a, lse_b)
     shift = np.where(np.isneginf(m), 0.0, m)  # both parts empty: no shift
     wa, wb = np.exp(lse_a - shift), np.exp(lse_b - shift)  # (..., L)
@@ -189,7 +194,16 @@ def _merge_partials(out_a, lse_a, out_b, lse_b):
         return out, shift + np.log(total)
 
 
-def _halves(shape_q, S, Ev, split, *, scale=1.0, masked_row=None, seed=0):
+def _halves(
+    shape_q: tuple[int, ...],
+    S: int,
+    Ev: int,
+    split: int,
+    *,
+    scale: float = 1.0,
+    masked_row: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, ...]:
     """(out_a, lse_a, out_b, lse_b) of tiled attention over keys [:split] and [split:]."""
     rng = _rng(10 + seed)
     q = rng.standard_normal(shape_q) * scale
@@ -207,7 +221,7 @@ def _halves(shape_q, S, Ev, split, *, scale=1.0, masked_row=None, seed=0):
     return tuple(parts)
 
 
-def check_merge_partials(merge_partials):
+def check_merge_partials(merge_partials: Callable[..., Any]) -> bool | None:
     """``merge_partials(out_a, lse_a, out_b, lse_b)`` -> ``(out, lse)``; out (..., L, Ev), lse (..., L)."""
     cases = [
         _halves((5, 8), 12, 6, 5, seed=0),
@@ -230,7 +244,9 @@ def check_merge_partials(merge_partials):
     )
 
 
-def _plain_mean(out_a, lse_a, out_b, lse_b):
+def _plain_mean(
+    out_a: np.ndarray, lse_a: np.ndarray, out_b: np.ndarray, lse_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     return (out_a + out_b) / 2, np.logaddexp(lse_a, lse_b)
 
 

@@ -19,6 +19,9 @@ uses it to make sure every check can tell right from wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from ..functional import causal_mask, scaled_dot_product_attention, softmax
@@ -51,7 +54,7 @@ FILL_CASES = (
 )
 
 
-def _fill_is_mean():
+def _fill_is_mean() -> tuple[bool, ...]:
     rng = _rng(5)
     Q, K, V = (rng.standard_normal((6, 8)) for _ in range(3))
     fill = np.zeros((6, 6))
@@ -76,7 +79,7 @@ _FILL_WHY = {
 }
 
 
-def check_fill_prediction(predict_mean_of_values):
+def check_fill_prediction(predict_mean_of_values: Callable[..., Any]) -> bool | None:
     """``predict_mean_of_values()`` -> three bools, one per case of :data:`FILL_CASES`."""
     return check_prediction(
         predict_mean_of_values,
@@ -97,7 +100,7 @@ SDPA_BUGS = (
 )
 
 
-def mystery_weights():
+def mystery_weights() -> np.ndarray:
     """(6, 6) causal attention weights of a six-token sentence, computed with one bug from
     :data:`SDPA_BUGS` (which one is the exercise)."""
     rng = _rng(6)
@@ -115,7 +118,7 @@ _SDPA_LOOKS = {
 }
 
 
-def check_sdpa_bug(name_the_bug):
+def check_sdpa_bug(name_the_bug: Callable[..., Any]) -> bool | None:
     """``name_the_bug()`` -> one of SDPA_BUGS, the bug behind ``mystery_weights``."""
     return check_name(
         name_the_bug,
@@ -132,11 +135,11 @@ def check_sdpa_bug(name_the_bug):
 # --- stable_softmax ------------------------------------------------------------------------------
 
 
-def _softmax_last(x):
+def _softmax_last(x: np.ndarray) -> np.ndarray:
     return softmax(x, axis=-1)
 
 
-def check_stable_softmax(stable_softmax):
+def check_stable_softmax(stable_softmax: Callable[..., Any]) -> bool | None:
     """``stable_softmax(x)`` along the last axis; zeros for a row that is entirely -inf."""
     rng = _rng(2)
     inf = np.inf
@@ -173,7 +176,7 @@ def check_stable_softmax(stable_softmax):
     )
 
 
-def _softmax_without_masked_rows(x):
+def _softmax_without_masked_rows(x: np.ndarray) -> np.ndarray:
     # -inf - (-inf): NumPy warns, and the row becomes NaN
     with np.errstate(invalid="ignore"):
         e = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -183,18 +186,18 @@ def _softmax_without_masked_rows(x):
 # --- blocked_to_additive -------------------------------------------------------------------------
 
 
-def _blocked_to_additive(mask):
+def _blocked_to_additive(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, np.float32(-np.inf), np.float32(0))
 
 
-def _random_blocked(rng, shape):
+def _random_blocked(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """A random bool mask (True = blocked) that leaves every row at least one key."""
     mask = rng.random(shape) < 0.4
     mask[..., 0] = False
     return rng.permuted(mask, axis=-1)
 
 
-def check_blocked_to_additive(blocked_to_additive):
+def check_blocked_to_additive(blocked_to_additive: Callable[..., Any]) -> bool | None:
     """``blocked_to_additive(mask)``: True (blocked) -> -inf, False -> 0.0, same shape."""
     rng = _rng(4)
     cases = [
@@ -215,7 +218,7 @@ def check_blocked_to_additive(blocked_to_additive):
     )
 
 
-def _blocked_to_additive_inverted(mask):
+def _blocked_to_additive_inverted(mask: np.ndarray) -> np.ndarray:
     # reads True as "attend", like SDPA
     return np.where(mask, np.float32(0), np.float32(-np.inf))
 

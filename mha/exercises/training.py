@@ -15,6 +15,9 @@ suite uses it to make sure every check can tell right from wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
 from ..optim import Adam
@@ -39,13 +42,13 @@ def _rng(offset: int) -> np.random.Generator:
 # --- first_step_size (predict) ------------------------------------------------------------------
 
 
-def _adam_first_step(lr, grad):
+def _adam_first_step(lr: float, grad: np.ndarray) -> np.ndarray:
     p = np.zeros_like(grad)
     Adam({"p": p}, lr=lr).step({"p": grad})
     return np.abs(p)
 
 
-def check_first_step_size(first_step_size):
+def check_first_step_size(first_step_size: Callable[..., Any]) -> bool | None:
     """``first_step_size(lr, grad)`` -> |change| of each element after one Adam step (default betas, eps)."""
     rng = _rng(1)
     cases = [
@@ -72,7 +75,7 @@ def check_first_step_size(first_step_size):
     return ok
 
 
-def _first_step_proportional_to_gradient(lr, grad):
+def _first_step_proportional_to_gradient(lr: float, grad: np.ndarray) -> np.ndarray:
     return lr * np.abs(grad)  # plain gradient descent's step, not Adam's
 
 
@@ -87,7 +90,10 @@ ADAM_BUGS = (
 
 
 def mystery_adam(
-    grads, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8
+    grads: Sequence[np.ndarray] | np.ndarray,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
 ) -> np.ndarray:
     """Adam with one of :data:`ADAM_BUGS`: the parameters (steps, ...) after each step, from zeros."""
     beta1, beta2 = betas
@@ -105,7 +111,7 @@ def mystery_adam(
     return np.array(out)
 
 
-def check_diagnosis(diagnosis):
+def check_diagnosis(diagnosis: Callable[..., Any]) -> bool | None:
     """``diagnosis()`` -> the name of mystery_adam's bug, one of ADAM_BUGS."""
     try:
         answer = diagnosis()
@@ -131,14 +137,24 @@ def check_diagnosis(diagnosis):
     return True
 
 
-def _wrong_diagnosis():
+def _wrong_diagnosis() -> str:
     return "eps inside the square root"
 
 
 # --- adamw_step (build) -------------------------------------------------------------------------
 
 
-def _adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay):
+def _adamw_step(
+    p: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    t: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import torch
 
     param = torch.tensor(p, requires_grad=True)
@@ -157,7 +173,7 @@ def _adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay):
     return param.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy()
 
 
-def check_adamw_step(adamw_step):
+def check_adamw_step(adamw_step: Callable[..., Any]) -> bool | None:
     """``adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay)`` -> new (p, m, v), as torch.optim.AdamW."""
     rng = _rng(3)
     cases = []
@@ -183,7 +199,17 @@ def check_adamw_step(adamw_step):
     )
 
 
-def _adamw_as_adam_l2(p, g, m, v, t, lr, betas, eps, weight_decay):
+def _adamw_as_adam_l2(
+    p: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    t: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     beta1, beta2 = betas
     g = g + weight_decay * p  # Adam's L2 penalty: not AdamW
     m = beta1 * m + (1 - beta1) * g

@@ -18,7 +18,11 @@ Every test case is drawn from a seeded generator, so a verdict is the same on ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..functional import linear, merge_heads, softmax, split_heads
 from ._core import check_function as _check_function
@@ -44,13 +48,22 @@ def _rng(offset: int) -> np.random.Generator:
 # ----------------------------------------------------------------- reference solutions
 
 
-def _pack_in_proj(W_Q, W_K, W_V, b_Q, b_K, b_V):
+def _pack_in_proj(
+    W_Q: np.ndarray,
+    W_K: np.ndarray,
+    W_V: np.ndarray,
+    b_Q: np.ndarray,
+    b_K: np.ndarray,
+    b_V: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([W_Q.T, W_K.T, W_V.T], axis=0), np.concatenate(
         [b_Q, b_K, b_V]
     )
 
 
-def _out_proj_forward(x, weight, bias):
+def _out_proj_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
     return x @ weight.T + bias
 
 
@@ -64,7 +77,7 @@ BIAS_CASES = (
 )
 
 
-def _still_matches():
+def _still_matches() -> tuple[bool, ...]:
     import torch  # only this check needs torch
 
     from ..torch_bridge import (
@@ -98,7 +111,7 @@ _BIAS_WHY = {
 }
 
 
-def check_bias_prediction(predict_still_matches):
+def check_bias_prediction(predict_still_matches: Callable[..., Any]) -> bool | None:
     """``predict_still_matches()`` -> one bool per case of BIAS_CASES."""
     return check_prediction(
         predict_still_matches,
@@ -122,7 +135,9 @@ GALLERY_BUGS = (
 )
 
 
-def mystery_forward(x, w, blocked, num_heads):
+def mystery_forward(
+    x: ArrayLike, w: dict[str, np.ndarray], blocked: ArrayLike, num_heads: int
+) -> np.ndarray:
     """A forward pass like the chapter's ``forward_by_hand``, x (N, L, E) -> (N, L, E),
     with one bug from GALLERY_BUGS (which one is the exercise)."""
     q, k, v = (
@@ -144,7 +159,7 @@ _GALLERY_LOOKS = {
 }
 
 
-def check_gallery_bug(name_the_bug):
+def check_gallery_bug(name_the_bug: Callable[..., Any]) -> bool | None:
     """``name_the_bug()`` -> one of GALLERY_BUGS, the bug in ``mystery_forward``."""
     return check_name(
         name_the_bug,
@@ -161,7 +176,7 @@ def check_gallery_bug(name_the_bug):
 # ----------------------------------------------------------------- checks
 
 
-def check_pack_in_proj(answer) -> bool | None:
+def check_pack_in_proj(answer: Callable[..., Any]) -> bool | None:
     """``answer(W_Q, W_K, W_V, b_Q, b_K, b_V)`` must return torch's ``(in_proj_weight, in_proj_bias)``."""
     rng = _rng(1)
     cases = [
@@ -180,7 +195,7 @@ def check_pack_in_proj(answer) -> bool | None:
     )
 
 
-def check_out_proj_forward(answer) -> bool | None:
+def check_out_proj_forward(answer: Callable[..., Any]) -> bool | None:
     """``answer(x, weight, bias)`` must compute out_proj's output for ``x`` of shape (..., E)."""
     rng = _rng(2)
     cases = [
@@ -204,11 +219,20 @@ def check_out_proj_forward(answer) -> bool | None:
 # ----------------------------------------------------------------- typical wrong answers
 
 
-def _pack_without_transpose(W_Q, W_K, W_V, b_Q, b_K, b_V):
+def _pack_without_transpose(
+    W_Q: np.ndarray,
+    W_K: np.ndarray,
+    W_V: np.ndarray,
+    b_Q: np.ndarray,
+    b_K: np.ndarray,
+    b_V: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([W_Q, W_K, W_V], axis=0), np.concatenate([b_Q, b_K, b_V])
 
 
-def _out_proj_without_transpose(x, weight, bias):
+def _out_proj_without_transpose(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
     return x @ weight + bias  # runs (weight is square), wrong
 
 
