@@ -319,3 +319,34 @@ def public_entry_points(module, names: Iterable[str] | None = None) -> set[str]:
         elif callable(obj) and hasattr(obj, "__code__"):
             found.add(f"{obj.__module__}.{obj.__qualname__}")
     return found
+
+
+def bad_input_tests(
+    module, cases: list, unchanged: Callable[[], None] | None = None
+) -> tuple[Callable[..., None], Callable[[], None]]:
+    """The two tests of a module's misuse ``cases``, each ``(call, error, message)``.
+
+    The first: every call raises ``error`` with a message matching ``message`` (then
+    ``unchanged()``, if given, asserts that the refused call left its state alone). The
+    second: every public entry point of ``module`` has a case, derived from the cases'
+    tracebacks (:func:`entry_point`), not from a list typed by hand. Assign both to
+    ``test_...`` names at a test module's top level, so that pytest collects them.
+    """
+    import pytest
+
+    @pytest.mark.parametrize(
+        "call, error, message", cases, ids=[f"bad-{i}" for i in range(len(cases))]
+    )
+    def test_bad_input_is_named(call, error, message):
+        with pytest.raises(error, match=message):
+            call()
+        if unchanged is not None:
+            unchanged()
+
+    def test_every_function_of_the_module_has_a_bad_input_case():
+        assert public_entry_points(module) <= entry_points(call for call, _, _ in cases)
+
+    return (
+        test_bad_input_is_named,
+        test_every_function_of_the_module_has_a_bad_input_case,
+    )

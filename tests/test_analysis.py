@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close, entry_points, public_entry_points
+from helpers import assert_close, bad_input_tests
 
 import mha
 from mha import analysis
@@ -146,17 +146,9 @@ BAD = [  # (call, error, message)
 ]
 
 
-@pytest.mark.parametrize(
-    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+test_bad_input_is_named, test_every_function_of_the_module_has_a_bad_input_case = (
+    bad_input_tests(analysis, BAD)
 )
-def test_bad_k_threshold_and_pairs_are_named(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
-
-
-def test_every_function_of_the_module_has_a_bad_input_case():
-    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
-    assert public_entry_points(analysis) <= entry_points(call for call, _, _ in BAD)
 
 
 def test_float32_rows_with_rounding_are_accepted():

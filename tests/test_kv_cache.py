@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import entry_points, public_entry_points
+from helpers import bad_input_tests
 
 import mha
 from mha import kv_cache
@@ -366,19 +366,14 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(
-    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
-)
-def test_bad_input_is_named(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
+def _unchanged():
     # nothing was appended by a failed call
     assert len(_CACHE) == 0 and len(_GQA_CACHE) == 0
 
 
-def test_every_function_of_the_module_has_a_bad_input_case():
-    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
-    assert public_entry_points(kv_cache) <= entry_points(call for call, _, _ in BAD)
+test_bad_input_is_named, test_every_function_of_the_module_has_a_bad_input_case = (
+    bad_input_tests(kv_cache, BAD, unchanged=_unchanged)
+)
 
 
 def test_kv_cache_bytes_of_half_precision():

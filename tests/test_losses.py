@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import entry_points, public_entry_points
+from helpers import bad_input_tests
 
 from mha import losses
 from mha.losses import cross_entropy, cross_entropy_backward, log_softmax
@@ -186,17 +186,9 @@ BAD = [(_cross_entropy_with(change), e, m) for change, e, m in BAD_CALLS] + [
 ]
 
 
-@pytest.mark.parametrize(
-    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+test_bad_input_is_named, test_every_function_of_the_module_has_a_bad_input_case = (
+    bad_input_tests(losses, BAD)
 )
-def test_bad_input_is_named(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
-
-
-def test_every_function_of_the_module_has_a_bad_input_case():
-    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
-    assert public_entry_points(losses) <= entry_points(call for call, _, _ in BAD)
 
 
 def test_backward_checks_dloss_shape():

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from helpers import entry_points, public_entry_points
+from helpers import bad_input_tests
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
@@ -473,14 +473,6 @@ BAD = [  # (call, error, message)
 ]
 
 
-@pytest.mark.parametrize(
-    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+test_bad_input_is_named, test_every_function_of_the_module_has_a_bad_input_case = (
+    bad_input_tests(plot, BAD)
 )
-def test_bad_input_is_named(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
-
-
-def test_every_function_of_the_module_has_a_bad_input_case():
-    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
-    assert public_entry_points(plot) <= entry_points(call for call, _, _ in BAD)

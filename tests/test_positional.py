@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TOL, entry_points, public_entry_points
+from helpers import TOL, bad_input_tests
 
 from mha import positional
 from mha.positional import (
@@ -407,17 +407,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(
-    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+test_bad_input_is_named, test_every_function_of_the_module_has_a_bad_input_case = (
+    bad_input_tests(positional, BAD)
 )
-def test_bad_input_is_named(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
-
-
-def test_every_function_of_the_module_has_a_bad_input_case():
-    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
-    assert public_entry_points(positional) <= entry_points(call for call, _, _ in BAD)
 
 
 def test_module_is_exported_at_top_level():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOL, entry_points, public_entry_points
+from helpers import TOL, bad_input_tests
 
 import mha
 from mha import tiled
@@ -343,17 +343,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(
-    "call, error, message", BAD, ids=[f"bad-{i}" for i in range(len(BAD))]
+test_bad_input_is_named, test_every_function_of_the_module_has_a_bad_input_case = (
+    bad_input_tests(tiled, BAD)
 )
-def test_bad_input_is_named(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
-
-
-def test_every_function_of_the_module_has_a_bad_input_case():
-    """Derived from BAD's tracebacks (helpers.entry_point), not from a list typed here."""
-    assert public_entry_points(tiled) <= entry_points(call for call, _, _ in BAD)
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
